@@ -1,0 +1,109 @@
+"""Configuration dataclasses. A checkpoint stores them as JSON, so it describes itself."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Preprocess:
+    """How an image file becomes the encoder's input tensor.
+
+    The checkpoint and the prepared features both carry this, so training features and
+    inference-time captions are computed from exactly the same pixels.
+    """
+
+    resize: int = 64  # shorter side resized to this (or the whole frame when crop == 0)
+    crop: int = 0  # centre crop size; 0 squashes the whole frame to resize x resize
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def input_size(self) -> int:
+        return self.crop or self.resize
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a captioning model (Xu et al. 2015)."""
+
+    vocab_size: int
+    encoder: str = "tiny"
+    grid_size: int = 8  # features are pooled to grid_size x grid_size locations (P = grid^2)
+    pretrained: bool = True
+    fine_tune_blocks: int | None = None  # last N encoder blocks trained; -1 all; None: encoder default
+    feature_dim: int = 0  # D, filled in from the encoder by build_model
+    attention: str = "soft"
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    attention_dim: int = 256
+    dropout: float = 0.5
+    max_len: int = 20  # longest caption in words, without <start>/<end>
+    alpha_c: float = 1.0  # lambda of the doubly stochastic term (eq. 14)
+    gate: bool = True  # beta gating scalar (section 4.2.1)
+    # hard attention (section 4.1) and the authors' code's constants
+    hard_baseline_decay: float = 0.9
+    hard_reward_scale: float = 0.1  # lambda_r
+    hard_entropy: float = 0.002  # lambda_e
+    hard_expected_prob: float = 0.5  # chance that a minibatch uses the expected context
+    hard_inference: str = "expected"  # "expected" or "argmax"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, data)
+
+    @property
+    def num_locations(self) -> int:
+        return self.grid_size * self.grid_size
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained; stored in the run's checkpoints for reference and resume."""
+
+    data: str = ""
+    out: str = ""
+    epochs: int = 10
+    max_steps: int = 0  # 0: no limit
+    max_minutes: float = 0.0  # wall-clock budget for this process; 0: no limit
+    batch_size: int = 32  # images per batch; each brings all its captions
+    lr: float = 4e-4
+    encoder_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    lr_decay: float = 0.8  # ReduceLROnPlateau factor on validation BLEU-4
+    lr_patience: int = 2
+    early_stop: int = 6  # epochs without a better validation BLEU-4
+    val_beam_size: int = 1
+    val_max_images: int = 0  # 0: the whole validation split
+    save_every: int = 200  # steps between "last" checkpoints
+    seed: int = 0
+    amp: bool = False
+    num_workers: int = 0
+    logdir: str = ""
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = dict(data)
+    if cls is ModelConfig and isinstance(kwargs.get("preprocess"), dict):
+        pre = dict(kwargs["preprocess"])
+        pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+        kwargs["preprocess"] = Preprocess(**pre)
+    return cls(**kwargs)

@@ -1,0 +1,40 @@
+"""Raw COCO caption annotations (captions_train2014.json, ...) read with pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from ..fileio import read_json
+from ..vocab import tokenize
+from .records import ImageRecord
+
+
+def read_coco(annotation_file: str | Path, image_dir: str | Path, split: str) -> list[ImageRecord]:
+    """Read a COCO captions file into records of one split (COCO files are one split each).
+
+    A malformed file, or one without ``images``/``annotations``, raises ValueError naming it.
+    """
+    from pycocotools.coco import COCO
+
+    data = read_json(annotation_file)  # clear error for a missing or malformed file
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise ValueError(f"{annotation_file}: not a COCO annotation file "
+                         "(needs 'images' and 'annotations')")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+        records = []
+        for image_id in sorted(coco.getImgIds()):
+            info = coco.loadImgs(image_id)[0]
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+            captions = [tokenize(a["caption"]) for a in anns]
+            records.append(ImageRecord(str(image_id), Path(image_dir) / info["file_name"], split,
+                                       [c for c in captions if c],
+                                       size=(info.get("width"), info.get("height"))))
+    except (KeyError, TypeError, AttributeError) as exc:  # AttributeError: a non-text caption
+        raise ValueError(f"{annotation_file}: missing or malformed field ({exc})") from None
+    return records

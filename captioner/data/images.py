@@ -1,0 +1,88 @@
+"""Safe image loading (EXIF, modes, bombs, truncation) and the encoder's input transform."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import v2 as T
+
+from ..config import Preprocess
+
+# Pillow's own guard: anything over this many pixels is treated as a decompression bomb.
+MAX_PIXELS = 89_478_485
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message is one line naming the file."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open any image Pillow reads as 8-bit RGB, upright per its EXIF orientation.
+
+    Grayscale, palette, CMYK, RGBA (composited on white) and 16-bit images are converted.
+    Missing, empty, truncated, non-image and oversized (decompression bomb) files raise
+    ImageError with one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {img.width}x{img.height} pixels is too large "
+                                     f"(over {MAX_PIXELS}; possible decompression bomb)")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: too large, possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit integer: rescale to the 8-bit range instead of clipping to white. 16-bit
+        # modes always span 0-65535; plain "I" (often 8-bit data widened) is judged by its range.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "I" or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def build_transform(pre: Preprocess) -> T.Compose:
+    """PIL RGB image -> normalised float tensor (3, S, S) as ``pre`` describes."""
+    size = pre.resize if pre.crop else (pre.resize, pre.resize)
+    steps = [T.ToImage(), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
+    if pre.crop:
+        steps.append(T.CenterCrop(pre.crop))
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(list(pre.mean), list(pre.std))]
+    return T.Compose(steps)
+
+
+def load_tensor(path: str | Path, pre: Preprocess) -> torch.Tensor:
+    """Load an image file and preprocess it: the one path both training and inference use."""
+    return build_transform(pre)(load_image(path))

@@ -1,0 +1,189 @@
+"""`captioner prepare`: records -> checked images -> vocabulary, manifests and features."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..config import Preprocess
+from ..errors import UserError
+from ..fileio import atomic_write, atomic_write_json
+from ..vocab import Vocabulary
+from .images import ImageError, build_transform, load_image
+from .prepared import FEATURE_DTYPE
+from .records import SPLITS, ImageRecord
+
+
+class PrepareError(UserError):
+    """Nothing usable remains, or the request cannot be met; the message is one line."""
+
+
+@dataclass
+class FeatureSpec:
+    encoder: str
+    grid_size: int | None = None  # None: the encoder's native grid
+    image_size: int | None = None  # None: the encoder's default input size
+    batch_size: int = 32
+    num_workers: int = 2
+    seed: int = 0  # initialises an encoder without pretrained weights (tiny) reproducibly
+
+
+@dataclass
+class PrepareReport:
+    kept: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # one line per skipped image
+
+    def summary(self) -> str:
+        reasons = Counter(line.split(": ", 1)[-1].split(" (")[0] for line in self.skipped)
+        kept = ", ".join(f"{n} {s}" for s, n in self.kept.items()) or "nothing"
+        text = f"kept {kept}; skipped {len(self.skipped)} images"
+        if reasons:
+            text += " (" + "; ".join(f"{n}x {r}" for r, n in reasons.most_common()) + ")"
+        return text
+
+
+class _ImageSet(Dataset):
+    """Loads images in DataLoader workers; a bad file yields its error message instead."""
+
+    def __init__(self, records: list[ImageRecord], preprocess: Preprocess | None):
+        self.records = records
+        self.transform = build_transform(preprocess) if preprocess else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_image(self.records[i].path)
+        except ImageError as exc:
+            return i, str(exc)
+        return i, self.transform(image) if self.transform else torch.zeros(0)
+
+
+def _collate(items):
+    return items
+
+
+def prepare(records: list[ImageRecord], out_dir: str | Path, source: str, min_count: int = 5,
+            max_len: int = 20, features: FeatureSpec | None = None, progress: bool = True
+            ) -> PrepareReport:
+    """Check every image, build the vocabulary on train, write manifests and (optionally)
+    encoder features. Bad images are skipped and reported; PrepareError if none is usable."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    report = PrepareReport()
+    usable = []
+    for r in records:
+        if r.captions:
+            usable.append(r)
+        else:
+            report.skipped.append(f"{r.path}: no captions")
+
+    encoder, pre, feat_meta = None, None, None
+    if features is not None:
+        from ..models.encoder import Encoder, get_backbone
+
+        with torch.random.fork_rng():
+            torch.manual_seed(features.seed)
+            backbone = get_backbone(features.encoder)
+        pre = backbone.preprocess
+        if features.image_size:
+            pre = Preprocess(features.image_size, 0, pre.mean, pre.std)
+        grid = features.grid_size or backbone.grid_size
+        encoder = Encoder(backbone, grid, trainable_blocks=0).eval()
+        feat_meta = {"encoder": features.encoder, "grid_size": grid,
+                     "feature_dim": backbone.feature_dim, "preprocess": asdict(pre)}
+
+    by_split = {s: [r for r in usable if r.split == s] for s in SPLITS}
+    kept_by_split: dict[str, list[ImageRecord]] = {}
+    for split, recs in by_split.items():
+        if not recs:
+            continue
+        target = out / "features" / f"{split}.f16" if encoder else None
+        kept_by_split[split] = _check_and_encode(recs, split, report, encoder, pre, target,
+                                                 features, progress)
+    kept_by_split = {s: r for s, r in kept_by_split.items() if r}
+    report.kept = {s: len(r) for s, r in kept_by_split.items()}
+    if not kept_by_split:
+        raise PrepareError(f"no usable images: {report.summary()}")
+    if "train" not in kept_by_split:
+        print(f"warning: {out}: no train images; the vocabulary is built from "
+              f"{next(iter(kept_by_split))}", file=sys.stderr)
+
+    vocab_split = "train" if "train" in kept_by_split else next(iter(kept_by_split))
+    vocab = Vocabulary.build((c for r in kept_by_split[vocab_split] for c in r.captions), min_count)
+    vocab.save(out / "vocab.json")
+    for split in SPLITS:  # a split from an earlier prepare into this folder must not linger
+        if split not in kept_by_split:
+            (out / f"{split}.json").unlink(missing_ok=True)
+            (out / "features" / f"{split}.f16").unlink(missing_ok=True)
+    for split, recs in kept_by_split.items():
+        atomic_write_json(out / f"{split}.json", {"images": [_entry(r, out) for r in recs]})
+    if encoder is not None:
+        weights = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        atomic_write(out / "features" / "encoder.safetensors", lambda tmp: save_file(weights, tmp))
+    atomic_write_json(out / "meta.json", {
+        "source": source, "splits": report.kept, "min_count": min_count, "max_len": max_len,
+        "vocab_size": len(vocab), "features": feat_meta, "skipped": report.skipped[:1000]})
+    return report
+
+
+def _entry(r: ImageRecord, root: Path) -> dict:
+    path = Path(r.path).resolve()
+    entry = {"image_id": r.image_id,
+             "path": str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
+             "captions": [" ".join(c) for c in r.captions]}
+    if r.objects is not None:
+        entry["objects"] = r.objects
+        entry["word_objects"] = r.word_objects
+    if r.size is not None:
+        entry["size"] = list(r.size)
+    return entry
+
+
+def _check_and_encode(records, split, report, encoder, pre, target, spec, progress):
+    """Load every image once (in worker processes); with an encoder, write the features of the
+    good ones in order into a float16 memmap, truncated to the kept rows at the end."""
+    workers = spec.num_workers if spec else min(2, os.cpu_count() or 1)
+    batch = spec.batch_size if spec else 64
+    loader = DataLoader(_ImageSet(records, pre), batch_size=batch, num_workers=workers,
+                        collate_fn=_collate)
+    kept: list[ImageRecord] = []
+    memmap, tmp = None, None
+    if encoder is not None:
+        shape = (len(records), encoder.grid_size ** 2, encoder.feature_dim)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".f16.tmp")
+        memmap = np.memmap(tmp, FEATURE_DTYPE, "w+", shape=shape)
+    bar = tqdm(total=len(records), desc=f"{split} images", disable=not progress, unit="img")
+    with torch.inference_mode():
+        for items in loader:
+            good = [(i, x) for i, x in items if not isinstance(x, str)]
+            for i, x in items:
+                if isinstance(x, str):
+                    report.skipped.append(x)
+            if encoder is not None and good:
+                feats = encoder(torch.stack([x for _, x in good]))  # (b, P, D)
+                memmap[len(kept): len(kept) + len(good)] = feats.numpy().astype(FEATURE_DTYPE)
+            kept.extend(records[i] for i, _ in good)
+            bar.update(len(items))
+    bar.close()
+    if memmap is not None:
+        memmap.flush()
+        del memmap
+        row_bytes = encoder.grid_size ** 2 * encoder.feature_dim * np.dtype(FEATURE_DTYPE).itemsize
+        os.truncate(tmp, len(kept) * row_bytes)
+        if kept:
+            os.replace(tmp, target)
+        else:
+            os.unlink(tmp)
+    return kept

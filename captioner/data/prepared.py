@@ -1,0 +1,146 @@
+"""The prepared folder: vocabulary, per-split manifests, optional float16 features memmap.
+
+Layout written by ``captioner prepare``::
+
+    DIR/meta.json            source, counts, vocabulary settings, features description
+    DIR/vocab.json           the Vocabulary
+    DIR/{split}.json         {"images": [{"image_id", "path", "captions", ...}]}
+    DIR/features/{split}.f16 (N, P, D) float16, rows in manifest order
+    DIR/features/encoder.safetensors  the encoder weights that computed them
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import ModelConfig, Preprocess
+from ..fileio import read_json
+from ..vocab import Vocabulary
+from .images import build_transform, load_image
+
+FEATURE_DTYPE = np.float16
+
+
+@dataclass
+class Sample:
+    index: int  # position in the split's manifest
+    image_id: str
+    inputs: torch.Tensor  # (P, D) features or (3, S, S) image
+    captions: list[list[int]]  # encoded: <start> ... <end>
+    references: list[list[str]]  # every caption of the image, tokenized
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (B, P, D) or (B, 3, S, S)
+    captions: torch.Tensor  # (N, L) all captions of the batch's images, padded
+    lengths: torch.Tensor  # (N,) tokens incl. <start>/<end>
+    image_index: torch.Tensor  # (N,) which image of the batch each caption belongs to
+    indices: list[int]
+    image_ids: list[str]
+    references: list[list[list[str]]]
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Stack inputs and pad every caption of every image into one (N, L) tensor."""
+    caps = [c for s in samples for c in s.captions]
+    lengths = torch.tensor([len(c) for c in caps], dtype=torch.long)
+    padded = torch.zeros(len(caps), int(lengths.max()) if caps else 0, dtype=torch.long)
+    for i, c in enumerate(caps):
+        padded[i, : len(c)] = torch.tensor(c)
+    image_index = torch.tensor([i for i, s in enumerate(samples) for _ in s.captions],
+                               dtype=torch.long)
+    return Batch(torch.stack([s.inputs for s in samples]), padded, lengths, image_index,
+                 [s.index for s in samples], [s.image_id for s in samples],
+                 [s.references for s in samples])
+
+
+class PreparedData:
+    """Read access to a prepared folder; a missing or foreign folder raises ValueError."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "meta.json").is_file():
+            raise ValueError(f"{self.root}: not a prepared data folder (no meta.json); "
+                             "run `captioner prepare` first")
+        self.meta = read_json(self.root / "meta.json")
+        self.vocab = Vocabulary.load(self.root / "vocab.json")
+        self.max_len: int = self.meta["max_len"]
+
+    @property
+    def features(self) -> dict | None:
+        """Description of the precomputed features (encoder, grid, preprocess), if any."""
+        return self.meta.get("features")
+
+    def feature_config(self) -> dict:
+        """ModelConfig fields the features fix: encoder, grid, feature size, preprocessing."""
+        f = self.features
+        assert f is not None
+        return {"encoder": f["encoder"], "grid_size": f["grid_size"],
+                "feature_dim": f["feature_dim"], "preprocess": Preprocess(**{
+                    **f["preprocess"], "mean": tuple(f["preprocess"]["mean"]),
+                    "std": tuple(f["preprocess"]["std"])})}
+
+    def features_match(self, config: ModelConfig) -> bool:
+        f = self.features
+        return f is not None and all(getattr(config, k) == v for k, v in self.feature_config().items())
+
+    def manifest(self, split: str) -> list[dict]:
+        path = self.root / f"{split}.json"
+        if split not in self.meta["splits"] or not path.is_file():
+            raise ValueError(f"{self.root}: has no {split!r} split "
+                             f"(have: {', '.join(self.meta['splits'])})")
+        return read_json(path)["images"]
+
+    def image_path(self, entry: dict) -> Path:
+        path = Path(entry["path"])
+        return path if path.is_absolute() else self.root / path
+
+    def dataset(self, split: str, preprocess: Preprocess | None = None) -> "CaptionDataset":
+        """The split as a Dataset of images (with ``preprocess``) or, when ``preprocess`` is
+        None, of the precomputed features."""
+        entries = self.manifest(split)
+        if preprocess is None:
+            if self.features is None:
+                raise ValueError(f"{self.root}: has no precomputed features; "
+                                 "run `captioner prepare ... --features ENCODER`")
+            return CaptionDataset(self, entries, features=self.root / "features" / f"{split}.f16")
+        return CaptionDataset(self, entries, preprocess=preprocess)
+
+
+class CaptionDataset(Dataset):
+    """One item per image, with all its captions encoded."""
+
+    def __init__(self, data: PreparedData, entries: list[dict], features: Path | None = None,
+                 preprocess: Preprocess | None = None):
+        self.data, self.entries = data, entries
+        self.features_path = features
+        self.transform = build_transform(preprocess) if preprocess else None
+        self._features: np.memmap | None = None
+        if features is not None:
+            f = data.features
+            self.shape = (len(entries), f["grid_size"] ** 2, f["feature_dim"])
+            expected = int(np.prod(self.shape)) * np.dtype(FEATURE_DTYPE).itemsize
+            if not features.is_file() or features.stat().st_size != expected:
+                raise ValueError(f"{features}: missing or wrong size for {self.shape} float16 "
+                                 "features; run prepare again")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> Sample:
+        entry = self.entries[i]
+        if self.features_path is not None:
+            if self._features is None:  # opened lazily: once per DataLoader worker
+                self._features = np.memmap(self.features_path, FEATURE_DTYPE, "r", shape=self.shape)
+            inputs = torch.from_numpy(np.asarray(self._features[i], dtype=np.float32))
+        else:
+            inputs = self.transform(load_image(self.data.image_path(entry)))
+        refs = [c.split() for c in entry["captions"]]
+        vocab, max_len = self.data.vocab, self.data.max_len
+        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in refs], refs)

@@ -1,0 +1,5 @@
+"""The base of errors meant for users: the CLI prints their one-line message, no traceback."""
+
+
+class UserError(RuntimeError):
+    """Something the user can fix (bad input, missing weights, a diverged run)."""

@@ -1,0 +1,70 @@
+"""Loss terms of the paper, each a pure function so tests call them alone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .models.decoder import DecoderOutput
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean -log p(y_t) over real target words (``mask`` True); padding never counts."""
+    return F.cross_entropy(logits[mask], targets[mask])
+
+
+def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+                           ) -> torch.Tensor:
+    """log p(y | a) of each caption, summed over its words: (B, T, V) -> (B,)."""
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    return (logp * mask).sum(1)
+
+
+def doubly_stochastic(alpha: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 14: lambda * sum_i (1 - sum_t alpha_ti)^2, averaged over captions.
+
+    Padded steps have alpha zero (and are masked again here), so they add no attention.
+    """
+    total = (alpha * mask[..., None]).sum(1)  # (B, P) attention each location got
+    return lam * ((1.0 - total) ** 2).sum(1).mean()
+
+
+def reinforce(log_likelihood: torch.Tensor, sample_log_prob: torch.Tensor, entropy: torch.Tensor,
+              mask: torch.Tensor, baseline: torch.Tensor, reward_scale: float,
+              entropy_coef: float, baseline_decay: float = 0.9
+              ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The hard-attention estimator (section 4.1) as surrogate losses, and the new baseline.
+
+    Minimising ``reinforce`` follows lambda_r (log p(y|s,a) - b) d log p(s|a)/dW, and minimising
+    ``entropy`` follows lambda_e dH[s]/dW. Both are divided by the number of target words so
+    they share the cross-entropy's scale. The baseline is b <- decay * b + (1 - decay) * mean
+    log-likelihood of the batch (the authors' code).
+    """
+    n_words = mask.sum().clamp_min(1)
+    advantage = (log_likelihood - baseline).detach()  # (B,)
+    log_p_s = (sample_log_prob * mask).sum(1)  # (B,) log p(s | a) of the sampled locations
+    terms = {
+        "reinforce": -reward_scale * (advantage * log_p_s).sum() / n_words,
+        "entropy": -entropy_coef * (entropy * mask).sum() / n_words,
+    }
+    new_baseline = baseline_decay * baseline + (1 - baseline_decay) * log_likelihood.detach().mean()
+    return terms, new_baseline
+
+
+def caption_losses(output: DecoderOutput, config: ModelConfig,
+                   baseline: torch.Tensor | None = None
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """All loss terms for a teacher-forced batch, plus ``total``; and the updated baseline
+    when the attention is stochastic (its extras carry ``log_prob``)."""
+    terms = {"ce": cross_entropy(output.logits, output.targets, output.mask)}
+    if config.alpha_c:
+        terms["doubly_stochastic"] = doubly_stochastic(output.alpha, output.mask, config.alpha_c)
+    if "log_prob" in output.extras and baseline is not None:
+        ll = caption_log_likelihood(output.logits, output.targets, output.mask)
+        extra, baseline = reinforce(ll, output.extras["log_prob"], output.extras["entropy"],
+                                    output.mask, baseline, config.hard_reward_scale,
+                                    config.hard_entropy, config.hard_baseline_decay)
+        terms.update(extra)
+    terms["total"] = sum(terms.values())
+    return terms, baseline

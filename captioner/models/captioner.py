@@ -1,0 +1,64 @@
+"""Encoder + decoder, and ``build_model(config)``: the one way a model is made."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .decoder import Decoder, DecoderOutput
+from .encoder import Encoder, get_backbone
+
+
+class CaptionModel(nn.Module):
+    """Show, Attend and Tell. ``encode`` maps images to (B, P, D) features; the decoder does the
+    rest. Training on precomputed features skips ``encode``."""
+
+    def __init__(self, config: ModelConfig, encoder: Encoder):
+        super().__init__()
+        self.config = config
+        self.encoder = encoder
+        self.decoder = Decoder(config)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised images -> (B, P, D) annotation vectors.
+
+        A frozen encoder's features are rounded to float16, the precision `prepare --features`
+        stores, so captions from images and from prepared features are the same.
+        """
+        features = self.encoder(images)
+        return features if self.encoder.trainable else features.half().float()
+
+    def forward(self, inputs: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                image_index: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> DecoderOutput:
+        """Teacher-forced decoding of ``captions`` (N, L).
+
+        ``inputs`` are images (B, 3, S, S), encoded here, or precomputed features (B, P, D);
+        ``image_index`` (N,) says which image each caption describes (default: one each), so
+        an image is encoded once for all its captions.
+        """
+        features = self.encode(inputs) if inputs.dim() == 4 else inputs  # (B, P, D)
+        if image_index is not None:
+            features = features[image_index]  # (N, P, D)
+        return self.decoder(features, captions, lengths, generator)
+
+
+def build_model(config: ModelConfig, pretrained: bool | None = None) -> CaptionModel:
+    """Build the model ``config`` describes; fills in ``feature_dim`` from the encoder.
+
+    ``pretrained`` overrides ``config.pretrained`` (loading a checkpoint needs no ImageNet
+    weights, since the checkpoint has them).
+    """
+    backbone = get_backbone(config.encoder, config.pretrained if pretrained is None else pretrained)
+    if config.feature_dim not in (0, backbone.feature_dim):
+        raise ValueError(f"config feature_dim {config.feature_dim} does not match encoder "
+                         f"{config.encoder} ({backbone.feature_dim})")
+    config = replace(config, feature_dim=backbone.feature_dim)
+    trainable = config.fine_tune_blocks
+    if trainable is None:
+        trainable = -1 if backbone.trainable_by_default else 0
+    encoder = Encoder(backbone, config.grid_size, trainable)
+    return CaptionModel(config, encoder)

@@ -1,0 +1,113 @@
+"""The LSTM decoder of Show, Attend and Tell, with an ``init``/``step`` interface.
+
+Teacher forcing (``forward``) and beam search both run the same ``step``, so what the search
+scores is exactly what training optimised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import build_attention
+
+
+@dataclass
+class DecoderState:
+    h: torch.Tensor  # (B, H)
+    c: torch.Tensor  # (B, H)
+
+    def select(self, index: torch.Tensor) -> "DecoderState":
+        """Rows ``index`` of the state (used by beam search to follow back-pointers)."""
+        return DecoderState(self.h[index], self.c[index])
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (B, V)
+    state: DecoderState
+    alpha: torch.Tensor  # (B, P)
+    beta: torch.Tensor  # (B, 1) gate on the context
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class DecoderOutput:
+    """Teacher-forced outputs for a batch, in the batch's own order; positions past a caption's
+    end are zero and ``mask`` is False there."""
+
+    logits: torch.Tensor  # (B, T, V) scores for words 1..T of each caption
+    targets: torch.Tensor  # (B, T) the words to predict
+    mask: torch.Tensor  # (B, T) True where a target is a real word or <end>
+    alpha: torch.Tensor  # (B, T, P)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # each (B, T)
+
+
+class Decoder(nn.Module):
+    """LSTM with attention, gating scalar beta (4.2.1) and the deep output layer (eq. 7)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, h, m = config.feature_dim, config.hidden_dim, config.embed_dim
+        self.attention = build_attention(config)
+        self.embedding = nn.Embedding(config.vocab_size, m)
+        self.init_h = nn.Sequential(nn.Linear(d, h), nn.Tanh())  # MLPs over the mean annotation
+        self.init_c = nn.Sequential(nn.Linear(d, h), nn.Tanh())
+        self.f_beta = nn.Linear(h, 1) if config.gate else None
+        self.lstm = nn.LSTMCell(m + d, h)
+        self.L_h = nn.Linear(h, m)
+        self.L_z = nn.Linear(d, m)
+        self.L_o = nn.Linear(m, config.vocab_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def init(self, features: torch.Tensor, generator: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, DecoderState]:
+        """Per-image work done once: projected features (B, P, A) and the initial state."""
+        self.attention.reset(len(features), generator)
+        mean = features.mean(1)  # (B, D)
+        return self.attention.project(features), DecoderState(self.init_h(mean), self.init_c(mean))
+
+    def step(self, features: torch.Tensor, projected: torch.Tensor, state: DecoderState,
+             words: torch.Tensor, generator: torch.Generator | None = None) -> StepOutput:
+        """One word: previous words (B,) and state -> logits for the next word (B, V)."""
+        emb = self.embedding(words)  # (B, M)
+        att = self.attention(features, projected, state.h, generator)
+        beta = torch.sigmoid(self.f_beta(state.h)) if self.f_beta is not None else \
+            torch.ones_like(state.h[:, :1])
+        z = beta * att.context  # (B, D)
+        h, c = self.lstm(torch.cat([emb, z], dim=1), (state.h, state.c))
+        logits = self.L_o(self.dropout(emb + self.L_h(h) + self.L_z(z)))  # eq. 7
+        return StepOutput(logits, DecoderState(h, c), att.alpha, beta, att.extras)
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                generator: torch.Generator | None = None) -> DecoderOutput:
+        """Teacher forcing over ``captions`` (B, L) = <start> w.. <end> <pad>.., ``lengths`` (B,)
+        counting <start> and <end>.
+
+        Captions are sorted by length and each step runs only on those still going, so no
+        compute is spent on padding.
+        """
+        steps = lengths.to(features.device) - 1  # words to predict per caption
+        order = torch.argsort(steps, descending=True, stable=True)
+        features, captions, steps = features[order], captions[order], steps[order]
+        b, t_max = len(captions), int(steps.max())
+        projected, state = self.init(features, generator)
+        logits = features.new_zeros(b, t_max, self.L_o.out_features)
+        alpha = features.new_zeros(b, t_max, features.shape[1])
+        extras: dict[str, torch.Tensor] = {}
+        active_per_step = (steps[None, :] > torch.arange(t_max, device=steps.device)[:, None]).sum(1)
+        for t in range(t_max):
+            n = int(active_per_step[t])  # captions still going at step t (sorted, so a prefix)
+            state = DecoderState(state.h[:n], state.c[:n])
+            out = self.step(features[:n], projected[:n], state, captions[:n, t], generator)
+            logits[:n, t], alpha[:n, t], state = out.logits, out.alpha, out.state
+            for key, value in out.extras.items():
+                extras.setdefault(key, features.new_zeros(b, t_max))[:n, t] = value
+        inverse = torch.argsort(order)
+        mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]
+        targets = captions[:, 1: t_max + 1]
+        return DecoderOutput(logits[inverse], targets[inverse], mask[inverse], alpha[inverse],
+                             {k: v[inverse] for k, v in extras.items()})

@@ -1,0 +1,165 @@
+"""Batched beam search and greedy decoding over the decoder's ``init``/``step``.
+
+Every image of a batch and all its k beams advance as one tensor step; there is no Python loop
+over images or beams.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from .models.decoder import Decoder
+from .vocab import Vocabulary
+
+
+@dataclass
+class Hypothesis:
+    """One decoded caption: word ids (without <start>/<end>), its log-probability (including
+    <end> when it ended), the ranking score and the attention (len(tokens), P) of each word."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    alpha: torch.Tensor
+    finished: bool
+
+
+def inference(fn):
+    """Run ``fn(decoder, ...)`` in eval mode under ``torch.inference_mode`` and restore the
+    decoder's previous mode afterwards."""
+    @functools.wraps(fn)
+    def wrapper(decoder: Decoder, *args, **kwargs):
+        was_training = decoder.training
+        decoder.eval()
+        try:
+            with torch.inference_mode():
+                return fn(decoder, *args, **kwargs)
+        finally:
+            decoder.train(was_training)
+    return wrapper
+
+
+def _banned_mask(vocab_size: int, allow_unk: bool, device) -> torch.Tensor:
+    banned = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    banned[[Vocabulary.pad_id, Vocabulary.start_id]] = True
+    if not allow_unk:
+        banned[Vocabulary.unk_id] = True
+    return banned
+
+
+@inference
+def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, max_len: int = 20,
+                n_best: int = 1, length_penalty: float = 0.0, allow_unk: bool = False
+                ) -> list[list[Hypothesis]]:
+    """Beam search for every image of ``features`` (B, P, D) at once.
+
+    Returns, per image, up to ``n_best`` hypotheses best first, ranked by
+    log_prob / length ** length_penalty (0: plain log-probability). Captions have at most
+    ``max_len`` words; one still going at that length ends there (``finished`` False).
+    ``<unk>`` is never generated unless ``allow_unk``.
+    """
+    b, p, _ = features.shape
+    k = beam_size
+    device = features.device
+    projected, state = decoder.init(features)
+    # expand per-image work to k beams: (B*k, ...)
+    features = features.repeat_interleave(k, 0)
+    projected = projected.repeat_interleave(k, 0)
+    state = state.select(torch.arange(b, device=device).repeat_interleave(k))
+    vocab_size = decoder.L_o.out_features
+    banned = _banned_mask(vocab_size, allow_unk, device)
+    end, pad = Vocabulary.end_id, Vocabulary.pad_id
+
+    scores = torch.full((b, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all beams start identical: only the first one is alive
+    words = torch.full((b * k,), Vocabulary.start_id, dtype=torch.long, device=device)
+    tokens = torch.zeros(b, k, 0, dtype=torch.long, device=device)
+    alphas = torch.zeros(b, k, 0, p, device=device)
+    finished = torch.zeros(b, k, dtype=torch.bool, device=device)
+    offsets = (torch.arange(b, device=device) * k)[:, None]  # (B, 1)
+
+    for t in range(max_len + 1):
+        out = decoder.step(features, projected, state, words)
+        logp = torch.log_softmax(out.logits.float(), -1).masked_fill(banned, float("-inf"))
+        if t == max_len:  # no room for another word
+            logp = torch.where(torch.arange(vocab_size, device=device) == end, logp,
+                               torch.full_like(logp, float("-inf")))
+        logp = logp.view(b, k, vocab_size)
+        # a finished beam carries on unchanged through <pad> at no cost
+        carry = torch.full((vocab_size,), float("-inf"), device=device)
+        carry[pad] = 0.0
+        logp = torch.where(finished[..., None], carry, logp)
+        candidates = (scores[..., None] + logp).view(b, k * vocab_size)
+        scores, index = candidates.topk(k, dim=1)  # (B, k)
+        beam, word = index // vocab_size, index % vocab_size
+        rows = (offsets + beam).view(-1)
+        tokens = torch.cat([tokens.gather(1, beam[..., None].expand(-1, -1, tokens.shape[2])),
+                            word[..., None]], 2)
+        step_alpha = out.alpha.view(b, k, p).gather(1, beam[..., None].expand(-1, -1, p))
+        alphas = torch.cat([alphas.gather(1, beam[..., None, None].expand(-1, -1, *alphas.shape[2:])),
+                            step_alpha[:, :, None]], 2)
+        finished = finished.gather(1, beam) | (word == end)
+        state = out.state.select(rows)
+        words = word.view(-1)
+        if bool(finished.all()):
+            break
+    return _collect(tokens, alphas, scores, finished, n_best, length_penalty)
+
+
+def _collect(tokens, alphas, scores, finished, n_best, length_penalty) -> list[list[Hypothesis]]:
+    results = []
+    for i in range(tokens.shape[0]):
+        hyps = []
+        for j in range(tokens.shape[1]):
+            log_prob = float(scores[i, j])
+            if log_prob == float("-inf"):
+                continue  # a beam that never had a valid word (k larger than the choices)
+            seq = tokens[i, j].tolist()
+            n = seq.index(Vocabulary.end_id) if Vocabulary.end_id in seq else len(seq)
+            length = n + 1 if bool(finished[i, j]) else n  # <end> counts as a predicted word
+            score = log_prob / max(length, 1) ** length_penalty if length_penalty else log_prob
+            hyps.append(Hypothesis(seq[:n], log_prob, score, alphas[i, j, :n].cpu(),
+                                   bool(finished[i, j])))
+        hyps.sort(key=lambda h: h.score, reverse=True)
+        results.append(hyps[:n_best])
+    return results
+
+
+@inference
+def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_unk: bool = False
+           ) -> list[Hypothesis]:
+    """Pick the most likely word at every step, for all images of ``features`` at once."""
+    b = features.shape[0]
+    device = features.device
+    projected, state = decoder.init(features)
+    banned = _banned_mask(decoder.L_o.out_features, allow_unk, device)
+    words = torch.full((b,), Vocabulary.start_id, dtype=torch.long, device=device)
+    log_prob = torch.zeros(b, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    steps, alphas = [], []
+    for t in range(max_len + 1):
+        out = decoder.step(features, projected, state, words)
+        logp = torch.log_softmax(out.logits.float(), -1).masked_fill(banned, float("-inf"))
+        if t == max_len:
+            words = torch.full_like(words, Vocabulary.end_id)
+        else:
+            words = logp.argmax(-1)
+        log_prob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
+        steps.append(torch.where(done, Vocabulary.pad_id, words))
+        alphas.append(out.alpha)
+        done |= words == Vocabulary.end_id
+        state = out.state
+        if bool(done.all()):
+            break
+    tokens = torch.stack(steps, 1)
+    alpha = torch.stack(alphas, 1)
+    results = []
+    for i in range(b):
+        seq = tokens[i].tolist()
+        n = seq.index(Vocabulary.end_id)
+        results.append(Hypothesis(seq[:n], float(log_prob[i]), float(log_prob[i]),
+                                  alpha[i, :n].cpu(), True))
+    return results

@@ -1,0 +1,320 @@
+"""The training loop: single process or DistributedDataParallel (torchrun), resumable exactly.
+
+Run folder: ``last.safetensors`` (model + full training state, every ``save_every`` steps and
+each epoch), ``best.safetensors`` (best validation BLEU-4, model only), ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ModelConfig, TrainConfig
+from .data.prepared import PreparedData, collate
+from .errors import UserError
+from .evaluate import decode_split, score
+from .losses import caption_losses
+from .models.captioner import CaptionModel, build_model
+
+
+class TrainingError(UserError):
+    """Training cannot go on (diverged, or mismatched data and checkpoint); one line."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int
+    best_bleu4: float
+    run_dir: Path
+    stopped: str  # "epochs", "max_steps" (also a --max-minutes stop), "early_stop"
+
+
+def resolve_model_config(data: PreparedData, config: ModelConfig, encoder_given: bool
+                         ) -> tuple[ModelConfig, bool]:
+    """Fit the model config to the data: vocabulary size, caption length and, when the folder
+    has features and the encoder stays frozen, the features' encoder/grid/preprocessing.
+    Returns (config, use_features)."""
+    config = replace(config, vocab_size=len(data.vocab), max_len=data.max_len)
+    feats = data.features
+    frozen = config.fine_tune_blocks in (None, 0)
+    if feats and frozen and (not encoder_given or config.encoder == feats["encoder"]):
+        return replace(config, fine_tune_blocks=0, **data.feature_config()), True
+    return config, False
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+                  ) -> list[list[int]]:
+    """This rank's batches of image indices for an epoch: a permutation fixed by (seed, epoch),
+    padded to split evenly over ranks, so a resumed run sees exactly the same order."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    per_rank = math.ceil(n / world)
+    order = (order * (world + 1))[: per_rank * world][rank::world]
+    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+             "python": json.dumps(random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _broadcast(value, world: int):
+    if world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Trainer:
+    """Holds the model, optimizer and loop state; ``run()`` trains until a stopping rule."""
+
+    def __init__(self, model_config: ModelConfig, cfg: TrainConfig, resume: bool = False,
+                 encoder_given: bool = True):
+        self.rank, self.world, self.device = _distributed()
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out)
+        self.data = PreparedData(cfg.data)
+        last = self.run_dir / "last.safetensors"
+        ckpt = None
+        if resume:
+            ckpt = load_checkpoint(last)
+            if ckpt.train is None:
+                raise TrainingError(f"{last}: has no training state to resume from")
+            if ckpt.vocab != self.data.vocab:
+                raise TrainingError(f"{cfg.data}: prepared with a different vocabulary than "
+                                    f"{last}; resume on the data it was trained on")
+            saved = TrainConfig.from_dict(ckpt.train["train_config"])
+            self.cfg = cfg = replace(saved, out=cfg.out, data=cfg.data,
+                                     max_steps=cfg.max_steps or saved.max_steps,
+                                     epochs=max(cfg.epochs, saved.epochs), progress=cfg.progress)
+            model_config = ckpt.config
+            self.use_features = ckpt.train["use_features"]
+        elif last.exists():
+            raise TrainingError(f"{self.run_dir}: already has a run; use --resume to continue it "
+                                "or pick another --out")
+        else:
+            model_config, self.use_features = resolve_model_config(self.data, model_config,
+                                                                   encoder_given)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.model = build_model(model_config, pretrained=False if (ckpt or self.use_features)
+                                 else None)
+        self.config = self.model.config
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt.weights)
+        elif self.use_features:  # the exact encoder that computed the features
+            self.model.encoder.load_state_dict(
+                load_file(str(self.data.root / "features" / "encoder.safetensors")))
+        self.model.to(self.device)
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world > 1 else self.model)
+        enc_params = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        groups = [{"params": list(self.model.decoder.parameters()), "lr": cfg.lr}]
+        if enc_params and not self.use_features:
+            groups.append({"params": enc_params, "lr": cfg.encoder_lr or cfg.lr})
+        self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=cfg.lr_decay, patience=cfg.lr_patience)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.state = {"step": 0, "epoch": 0, "batch": 0, "best_bleu4": -1.0, "bad_epochs": 0}
+        if ckpt is not None:
+            t = ckpt.train
+            self.optimizer.load_state_dict(t["optimizer"])
+            self.scheduler.load_state_dict(t["scheduler"])
+            self.state = t["loop"]
+            _set_rng_state(t["rng"], self.generator)
+        self.dataset = self.data.dataset("train", None if self.use_features else
+                                         self.config.preprocess)
+        self.writer = None
+        if cfg.logdir and self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(cfg.logdir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._trim_metrics()
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _trim_metrics(self) -> None:
+        """Drop log lines written after the checkpoint we resume from."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            keep = [l for l in path.read_text().splitlines()
+                    if l.strip() and json.loads(l).get("step", 0) <= self.state["step"]]
+            path.write_text("".join(l + "\n" for l in keep))
+
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def save(self, name: str, with_train: bool) -> None:
+        if self.rank != 0:
+            return
+        train = None
+        if with_train:
+            train = {"train_config": self.cfg.to_dict(), "use_features": self.use_features,
+                     "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "loop": dict(self.state),
+                     "rng": _rng_state(self.generator)}
+        save_checkpoint(self.run_dir / f"{name}.safetensors", self.config, self.data.vocab,
+                        self.model.state_dict(), train)
+
+    # -- the loop ------------------------------------------------------------------------
+    def train_step(self, batch) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        inputs = batch.inputs.to(self.device, non_blocking=True)
+        amp = cfg.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = self.ddp(inputs, batch.captions.to(self.device), batch.lengths,
+                           batch.image_index.to(self.device), self.generator)
+        out.logits = out.logits.float()
+        baseline = getattr(model.decoder.attention, "baseline", None)
+        terms, new_baseline = caption_losses(out, self.config, baseline)
+        total = terms["total"]
+        if not torch.isfinite(total):
+            raise TrainingError(f"loss became {float(total)} at step {self.state['step']}; "
+                                f"stopped, {self.run_dir / 'last.safetensors'} is the last good "
+                                "checkpoint (try a lower --lr)")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if new_baseline is not None:
+            model.decoder.attention.baseline.copy_(new_baseline)
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def validate(self) -> dict[str, float]:
+        """Decoded-caption BLEU on val (rank 0), shared with every rank."""
+        metrics = {}
+        if self.rank == 0 and "val" in self.data.meta["splits"]:
+            preds = decode_split(self.model, self.data.vocab, self.data, "val",
+                                 self.cfg.val_beam_size, max_images=self.cfg.val_max_images)
+            metrics, _ = score(preds, coco=False)
+        return _broadcast(metrics, self.world)
+
+    def end_of_epoch(self, schedule: bool = True) -> bool:
+        """Validate, keep the best, decay the learning rate (when ``schedule``); True when
+        early stopping is due."""
+        metrics = self.validate()
+        bleu4 = metrics.get("BLEU-4", 0.0)
+        if schedule:
+            self.scheduler.step(bleu4)
+        if bleu4 > self.state["best_bleu4"]:
+            self.state["best_bleu4"], self.state["bad_epochs"] = bleu4, 0
+            self.save("best", with_train=False)
+        elif schedule:
+            self.state["bad_epochs"] += 1
+        self._log({"step": self.state["step"], "epoch": self.state["epoch"],
+                   **{f"val/{k}": v for k, v in metrics.items()},
+                   "lr": self.optimizer.param_groups[0]["lr"]})
+        return self.state["bad_epochs"] >= self.cfg.early_stop
+
+    def run(self) -> TrainResult:
+        cfg, st = self.cfg, self.state
+        self.model.train()
+        stopped = "epochs"
+        started = time.perf_counter()
+        total_steps = cfg.max_steps or None
+        bar = tqdm(total=total_steps, initial=st["step"], disable=not cfg.progress or self.rank,
+                   desc="train", unit="step", dynamic_ncols=True)
+        while st["epoch"] < cfg.epochs:
+            batches = epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, st["epoch"],
+                                    self.rank, self.world)
+            loader = DataLoader(self.dataset, batch_sampler=batches[st["batch"]:],
+                                num_workers=cfg.num_workers, collate_fn=collate,
+                                # its own generator: making a loader must not draw from the
+                                # global RNG, or a resumed run's dropout would shift
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            t0, n_caps = time.perf_counter(), 0
+            for batch in loader:
+                terms = self.train_step(batch)
+                st["step"] += 1
+                st["batch"] += 1
+                n_caps += len(batch.captions)
+                speed = n_caps * self.world / (time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(epoch=st["epoch"], loss=f"{terms['total']:.3f}",
+                                caps_s=f"{speed:.0f}")
+                if st["step"] % 10 == 0:
+                    self._log({"step": st["step"], "epoch": st["epoch"], "captions_per_s": speed,
+                               **{f"train/{k}": v for k, v in terms.items()}})
+                if cfg.save_every and st["step"] % cfg.save_every == 0:
+                    self.save("last", with_train=True)
+                out_of_time = cfg.max_minutes and time.perf_counter() - started > cfg.max_minutes * 60
+                if (cfg.max_steps and st["step"] >= cfg.max_steps) or _broadcast(out_of_time, self.world):
+                    stopped = "max_steps"
+                    break
+            if stopped == "max_steps":
+                break
+            st["epoch"] += 1
+            st["batch"] = 0
+            if self.end_of_epoch():
+                stopped = "early_stop"
+                self.save("last", with_train=True)
+                break
+            self.save("last", with_train=True)
+        bar.close()
+        if stopped == "max_steps":
+            if st["batch"] or st["best_bleu4"] < 0:  # score the final weights too
+                self.end_of_epoch(schedule=False)
+            self.save("last", with_train=True)
+        if self.writer:
+            self.writer.close()
+        return TrainResult(st["step"], st["epoch"], st["best_bleu4"], self.run_dir, stopped)
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, resume: bool = False,
+          encoder_given: bool = True) -> TrainResult:
+    """Train (or resume) a captioner; see ``Trainer``."""
+    trainer = Trainer(model_config, train_config, resume, encoder_given)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

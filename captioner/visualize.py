@@ -1,0 +1,60 @@
+"""The paper's attention figure: the image, then one panel per word with its attention map
+upsampled and smoothed over the image."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .fileio import atomic_write
+
+
+def upsample_attention(alpha: np.ndarray, grid: int, size: tuple[int, int],
+                       smooth: float = 0.5) -> np.ndarray:
+    """(P,) weights -> (H, W) map: bicubic upsampling of the grid, then a Gaussian blur with
+    sigma = ``smooth`` cells (the paper upsamples and applies a Gaussian filter)."""
+    from scipy.ndimage import gaussian_filter
+
+    w, h = size
+    grid_map = alpha.reshape(grid, grid).astype(np.float32)
+    up = np.asarray(Image.fromarray(grid_map, mode="F").resize((w, h), Image.BICUBIC))
+    if smooth:
+        up = gaussian_filter(up, sigma=smooth * max(w, h) / grid)
+    return np.clip(up, 0, None)
+
+
+def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, grid: int,
+                     out: str | Path, title: str | None = None, columns: int = 5,
+                     display_size: int = 224) -> int:
+    """Write the figure to ``out`` (PNG, atomically); returns the number of word panels.
+
+    ``alphas`` is (len(words), P). Panel 0 is the image itself; each further panel shows the
+    image dimmed where the word did not attend, with the word as its title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    image = image.convert("RGB").resize((display_size, display_size), Image.BICUBIC)
+    panels = len(words) + 1
+    cols = min(columns, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title(title or "image", fontsize=9)
+    for i, word in enumerate(words):
+        ax = axes.flat[i + 1]
+        heat = upsample_attention(np.asarray(alphas[i]), grid, image.size)
+        ax.imshow(image)
+        ax.imshow(heat / (heat.max() + 1e-12), cmap="gray", alpha=0.6, vmin=0, vmax=1)
+        ax.set_title(word, fontsize=11)
+    fig.tight_layout()
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+    return len(words)

@@ -1,0 +1,91 @@
+"""Tokenizer and vocabulary: lower-cased, punctuation-free word tokens and their ids."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from nltk.tokenize import RegexpTokenizer
+
+from .fileio import atomic_write_text
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIALS = (PAD, START, END, UNK)
+
+# A regular expression needs no nltk data download, so tokenizing works offline. It matches the
+# Karpathy splits' convention: lower-case, split on every run of non-alphanumeric characters.
+_TOKENIZER = RegexpTokenizer(r"[a-z0-9]+")
+
+
+def tokenize(text: str) -> list[str]:
+    """Split a caption into lower-cased alphanumeric tokens ("A dog's ball." -> a, dog, s, ball)."""
+    return _TOKENIZER.tokenize(text.lower())
+
+
+class Vocabulary:
+    """Word <-> id mapping with the four special tokens at ids 0-3."""
+
+    def __init__(self, words: Sequence[str]):
+        if tuple(words[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with {SPECIALS}")
+        self.itos: list[str] = list(words)
+        self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("vocabulary words must be unique")
+
+    pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.itos == other.itos
+
+    @classmethod
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> "Vocabulary":
+        """Build from tokenized captions, keeping words seen at least ``min_count`` times.
+
+        Words are ordered by descending count, then alphabetically, so the result is
+        deterministic.
+        """
+        counts = Counter(tok for caption in captions for tok in caption)
+        kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
+                      key=lambda w: (-counts[w], w))
+        return cls([*SPECIALS, *kept])
+
+    def encode(self, tokens: Sequence[str], max_len: int | None = None) -> list[int]:
+        """``<start> w1 .. wn <end>`` as ids, unknown words as ``<unk>``, at most max_len words."""
+        if max_len is not None:
+            tokens = tokens[:max_len]
+        return [self.start_id, *(self.stoi.get(t, self.unk_id) for t in tokens), self.end_id]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words of an id sequence: skips ``<start>``/``<pad>``, stops at ``<end>``."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.end_id:
+                break
+            if i in (self.start_id, self.pad_id):
+                continue
+            words.append(self.itos[i])
+        return words
+
+    def to_json(self) -> str:
+        return json.dumps({"words": self.itos})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Vocabulary":
+        return cls(json.loads(text)["words"])
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        try:
+            return cls.from_json(Path(path).read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a captioner vocabulary ({exc})") from None

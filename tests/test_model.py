@@ -1,0 +1,258 @@
+"""The model of Xu et al. 2015: shapes, attention contract, losses, gradients, registries."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captioner.config import ModelConfig
+from captioner.losses import (caption_log_likelihood, caption_losses, cross_entropy,
+                              doubly_stochastic, reinforce)
+from captioner.models import ATTENTIONS, ENCODERS, build_model
+from captioner.models.attention import Attention, AttentionOutput, SoftAttention
+from captioner.models.encoder import get_backbone
+
+from conftest import tiny_config
+
+# Offline-buildable encoders (torchvision ones would need downloads for weights, but their
+# architecture builds without them).
+ENCODER_NAMES = sorted(ENCODERS)
+
+
+def _batch(vocab=20, n=4, max_len=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, max_len + 3, (n,), generator=g)  # incl. <start> and <end>
+    caps = torch.zeros(n, int(lengths.max()), dtype=torch.long)
+    for i, L in enumerate(lengths):
+        caps[i, 0] = 1
+        caps[i, 1: L - 1] = torch.randint(4, vocab, (int(L) - 2,), generator=g)
+        caps[i, L - 1] = 2
+    return caps, lengths
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+def test_output_shapes_and_alpha_sums_to_one(attention):
+    model = build_model(tiny_config(attention)).train()
+    images = torch.randn(4, 3, 64, 64)
+    caps, lengths = _batch()
+    out = model(images, caps, lengths, generator=torch.Generator().manual_seed(0))
+    T = int(lengths.max()) - 1
+    assert out.logits.shape == (4, T, 20)
+    assert out.alpha.shape == (4, T, 16)
+    assert out.mask.shape == out.targets.shape == (4, T)
+    assert torch.equal(out.mask.sum(1), lengths - 1)
+    sums = out.alpha.sum(-1)
+    assert torch.allclose(sums[out.mask], torch.ones(int(out.mask.sum())), atol=1e-5)
+    assert torch.all(sums[~out.mask] == 0)
+    if attention == "hard":
+        assert set(out.extras) == {"log_prob", "entropy"}
+
+
+@pytest.mark.parametrize("name", ENCODER_NAMES)
+def test_every_encoder_gives_a_feature_grid(name):
+    backbone = get_backbone(name, pretrained=False)
+    if name != "tiny" and name not in ("efficientnet_lite0", "efficientnet_lite0_s16"):
+        pytest.skip("large torchvision backbone: architecture only, too slow to run here")
+    from captioner.models.encoder import Encoder
+
+    enc = Encoder(backbone, grid_size=3).eval()
+    size = backbone.preprocess.input_size
+    feats = enc(torch.randn(1, 3, size, size))
+    assert feats.shape == (1, 9, backbone.feature_dim)
+    assert torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet152", "vgg16"])
+def test_torchvision_encoders_build_with_expected_dims(name):
+    backbone = get_backbone(name, pretrained=False)
+    assert backbone.feature_dim == (512 if name == "vgg16" else 2048)
+    assert len(backbone.blocks) >= 5  # fine-tuning picks the last N of these
+
+
+def test_missing_pretrained_weights_give_one_clear_error(monkeypatch, tmp_path):
+    from captioner.models.encoder import EncoderWeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached; no internet here
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(EncoderWeightsError, match=r"resnet50.*put it at .*resnet50-.*\.pth"):
+        get_backbone("resnet50", pretrained=True)
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+def test_gradients_reach_every_trainable_parameter(attention):
+    config = tiny_config(attention, hard_expected_prob=0.0)  # hard: always sample
+    model = build_model(config).train()
+    caps, lengths = _batch()
+    out = model(torch.randn(4, 3, 64, 64), caps, lengths,
+                generator=torch.Generator().manual_seed(0))
+    baseline = torch.zeros(())
+    terms, _ = caption_losses(out, model.config, baseline)
+    assert (attention == "hard") == ("reinforce" in terms)
+    terms["total"].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad
+               and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert missing == []
+
+
+def test_hard_attention_scores_get_gradient_only_through_reinforce():
+    config = tiny_config("hard", hard_expected_prob=0.0, alpha_c=0.0, hard_entropy=0.0)
+    model = build_model(config).train()
+    caps, lengths = _batch()
+    out = model(torch.randn(4, 3, 64, 64), caps, lengths, generator=torch.Generator().manual_seed(1))
+    ce = cross_entropy(out.logits, out.targets, out.mask)
+    score = model.decoder.attention.score.weight
+    grad_ce, = torch.autograd.grad(ce, score, retain_graph=True, allow_unused=True)
+    assert grad_ce is None or grad_ce.abs().sum() == 0  # sampling is not differentiable
+    ll = caption_log_likelihood(out.logits, out.targets, out.mask)
+    terms, _ = reinforce(ll, out.extras["log_prob"], out.extras["entropy"], out.mask,
+                         torch.tensor(0.0), 0.1, 0.0)
+    grad_r, = torch.autograd.grad(terms["reinforce"], score)
+    assert grad_r.abs().sum() > 0
+
+
+def test_hard_sampling_is_reproducible_under_a_seed():
+    config = tiny_config("hard", hard_expected_prob=0.0)
+    model = build_model(config).train()
+    feats = torch.randn(4, 16, model.config.feature_dim)
+    caps, lengths = _batch()
+
+    def run(seed):
+        out = model(feats, caps, lengths, generator=torch.Generator().manual_seed(seed))
+        return out.extras["log_prob"]
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+
+
+def test_hard_attention_uses_expected_context_for_about_half_the_batches():
+    config = tiny_config("hard")
+    att = build_model(config).decoder.attention.train()
+    g = torch.Generator().manual_seed(0)
+    flips = []
+    for _ in range(400):
+        att.reset(4, g)
+        flips.append(att.use_expected)
+    assert 0.4 < sum(flips) / len(flips) < 0.6
+
+
+@pytest.mark.parametrize("mode", ["expected", "argmax"])
+def test_hard_attention_inference_is_deterministic(mode):
+    model = build_model(tiny_config("hard", hard_inference=mode)).eval()
+    feats = torch.randn(2, 16, model.config.feature_dim)
+    projected, state = model.decoder.init(feats)
+    words = torch.ones(2, dtype=torch.long)
+    a = model.decoder.step(feats, projected, state, words).logits
+    b = model.decoder.step(feats, projected, state, words).logits
+    assert torch.equal(a, b)
+
+
+def test_padding_never_reaches_the_loss():
+    model = build_model(tiny_config()).eval()
+    feats = torch.randn(3, 16, model.config.feature_dim)
+    caps, lengths = _batch(n=3)
+    out1 = model(feats, caps, lengths)
+    garbage = caps.clone()
+    for i, L in enumerate(lengths):
+        garbage[i, L:] = torch.randint(4, 20, (garbage.shape[1] - int(L),))
+    wider = torch.cat([garbage, torch.randint(4, 20, (3, 4))], 1)  # more padding columns too
+    out2 = model(feats, wider, lengths)
+    for a, b in [(out1, out2)]:
+        assert torch.allclose(cross_entropy(a.logits, a.targets, a.mask),
+                              cross_entropy(b.logits, b.targets, b.mask))
+        assert torch.allclose(doubly_stochastic(a.alpha, a.mask, 1.0),
+                              doubly_stochastic(b.alpha, b.mask, 1.0))
+
+
+def test_looping_step_gives_the_teacher_forced_logits():
+    model = build_model(tiny_config()).eval()
+    feats = torch.randn(3, 16, model.config.feature_dim)
+    caps, lengths = _batch(n=3)
+    out = model(feats, caps, lengths)
+    projected, state = model.decoder.init(feats)
+    for t in range(caps.shape[1] - 1):
+        step = model.decoder.step(feats, projected, state, caps[:, t])
+        state = step.state
+        live = out.mask[:, t]
+        assert torch.allclose(step.logits[live], out.logits[live, t], atol=1e-5)
+        assert torch.allclose(step.alpha[live], out.alpha[live, t], atol=1e-6)
+
+
+def test_image_index_encodes_each_image_once_for_all_its_captions():
+    model = build_model(tiny_config()).eval()
+    images = torch.randn(2, 3, 64, 64)
+    caps, lengths = _batch(n=4)
+    index = torch.tensor([0, 0, 1, 1])
+    shared = model(images, caps, lengths, index)
+    repeated = model(images[index], caps, lengths)
+    assert torch.allclose(shared.logits, repeated.logits, atol=1e-5)
+
+
+def test_doubly_stochastic_is_zero_when_each_location_gets_total_attention_one():
+    alpha = torch.eye(4)[None]  # 4 steps, 4 locations, each attended once
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    assert doubly_stochastic(alpha, mask, 1.0) == 0
+    half = torch.full((1, 2, 4), 0.25)  # two steps spread evenly: each location gets 0.5
+    assert torch.isclose(doubly_stochastic(half, torch.ones(1, 2, dtype=torch.bool), 2.0),
+                         torch.tensor(2.0 * 4 * 0.25))
+
+
+def test_reinforce_baseline_is_a_moving_average_and_advantage_sign_is_right():
+    ll = torch.tensor([-1.0, -3.0])
+    log_p_s = torch.tensor([[-0.5], [-0.5]], requires_grad=True)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    terms, b = reinforce(ll, log_p_s, torch.zeros(2, 1), mask, torch.tensor(-2.0), 1.0, 0.0)
+    assert torch.isclose(b, torch.tensor(0.9 * -2.0 + 0.1 * -2.0))
+    terms["reinforce"].backward()
+    # the better-than-baseline caption's sample is made more likely (negative loss gradient)
+    assert log_p_s.grad[0, 0] < 0 < log_p_s.grad[1, 0]
+
+
+def test_unknown_attention_and_encoder_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="unknown attention 'nope'; known: hard, soft"):
+        build_model(tiny_config("nope"))
+    with pytest.raises(ValueError, match=r"unknown encoder 'nope'; known: .*efficientnet_lite0.*tiny"):
+        build_model(tiny_config(encoder="nope"))
+
+
+def test_a_new_attention_kind_plugs_in_without_touching_the_decoder(monkeypatch):
+    class Uniform(Attention):
+        def forward(self, features, projected, hidden, generator=None):
+            alpha = torch.full(features.shape[:2], 1.0 / features.shape[1])
+            return AttentionOutput(features.mean(1), alpha)
+
+    monkeypatch.setitem(ATTENTIONS, "uniform", Uniform)
+    model = build_model(tiny_config("uniform"))
+    caps, lengths = _batch()
+    out = model(torch.randn(4, 16, model.config.feature_dim), caps, lengths)
+    assert torch.allclose(out.alpha[out.mask], torch.full((int(out.mask.sum()), 16), 1 / 16))
+
+
+def test_frozen_encoder_keeps_its_weights_and_batchnorm_statistics():
+    model = build_model(tiny_config(fine_tune_blocks=1)).train()
+    enc = model.encoder
+    assert enc.num_frozen == len(enc.blocks) - 1
+    first_bn = enc.blocks[0][1]
+    before = first_bn.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64), *_batch(n=2))
+    assert torch.equal(first_bn.running_mean, before)
+    assert not any(p.requires_grad for p in enc.blocks[0].parameters())
+    assert all(p.requires_grad for p in enc.blocks[-1].parameters())
+
+
+def test_config_round_trips_through_a_dict():
+    config = build_model(tiny_config("hard")).config
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({**config.to_dict(), "bogus": 1})
+
+
+def test_soft_attention_is_a_convex_combination_of_features():
+    att = SoftAttention(6, 5, 4)
+    feats = torch.randn(2, 3, 6)
+    out = att(feats, att.project(feats), torch.randn(2, 5))
+    assert torch.allclose(out.context, (out.alpha[..., None] * feats).sum(1), atol=1e-6)

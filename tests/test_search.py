@@ -1,0 +1,144 @@
+"""Batched beam search against exhaustive search, greedy, and one-at-a-time decoding."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from captioner.models import build_model
+from captioner.search import beam_search, greedy
+from captioner.vocab import Vocabulary
+
+from conftest import tiny_config
+
+END, UNK = Vocabulary.end_id, Vocabulary.unk_id
+
+
+def _model(vocab=7, attention="soft", seed=0, **kw):
+    torch.manual_seed(seed)
+    model = build_model(tiny_config(attention, vocab_size=vocab, **kw)).eval()
+    with torch.no_grad():  # make some continuations clearly better than others
+        model.decoder.L_o.weight.mul_(8)
+    return model
+
+
+def _score(model, feats, words):
+    """log p(words + <end>) by stepping the decoder (the definition beam search optimises)."""
+    dec = model.decoder
+    with torch.no_grad():
+        projected, state = dec.init(feats)
+        prev, total = torch.tensor([Vocabulary.start_id]), 0.0
+        for w in [*words, END]:
+            out = dec.step(feats, projected, state, prev)
+            total += float(torch.log_softmax(out.logits, -1)[0, w])
+            state, prev = out.state, torch.tensor([w])
+    return total
+
+
+def test_beam_search_finds_the_exhaustive_optimum_on_a_tiny_vocabulary():
+    model = _model(vocab=7)
+    max_len = 3
+    for seed in range(3):
+        feats = torch.randn(1, 16, model.config.feature_dim, generator=torch.Generator().manual_seed(seed))
+        words = range(4, 7)  # real words (no <unk>)
+        candidates = [list(s) for n in range(max_len + 1) for s in itertools.product(words, repeat=n)]
+        best = max(candidates, key=lambda s: _score(model, feats, s))
+        hyp = beam_search(model.decoder, feats, beam_size=len(candidates), max_len=max_len)[0][0]
+        assert hyp.tokens == best
+        assert hyp.log_prob == pytest.approx(_score(model, feats, best), abs=1e-4)
+
+
+def test_n_best_are_distinct_and_sorted_with_correct_scores():
+    model = _model(vocab=9)
+    feats = torch.randn(2, 16, model.config.feature_dim)
+    results = beam_search(model.decoder, feats, beam_size=6, max_len=4, n_best=4)
+    for i, hyps in enumerate(results):
+        assert len(hyps) == 4
+        assert len({tuple(h.tokens) for h in hyps}) == 4
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        for h in hyps:
+            assert h.log_prob == pytest.approx(_score(model, feats[i: i + 1], h.tokens), abs=1e-4)
+            assert h.alpha.shape == (len(h.tokens), 16)
+
+
+@pytest.mark.parametrize("attention", ["soft", "hard"])
+def test_beam_one_equals_greedy(attention):
+    model = _model(vocab=20, attention=attention)
+    feats = torch.randn(5, 16, model.config.feature_dim)
+    beams = beam_search(model.decoder, feats, beam_size=1, max_len=8)
+    greedies = greedy(model.decoder, feats, max_len=8)
+    for b, g in zip(beams, greedies):
+        assert b[0].tokens == g.tokens
+        assert b[0].log_prob == pytest.approx(g.log_prob, abs=1e-4)
+        assert torch.allclose(b[0].alpha, g.alpha, atol=1e-6)
+
+
+def test_a_batch_gives_the_same_captions_as_one_image_at_a_time():
+    model = _model(vocab=20)
+    feats = torch.randn(6, 16, model.config.feature_dim)
+    batched = beam_search(model.decoder, feats, beam_size=4, max_len=8, n_best=2)
+    for i in range(6):
+        alone = beam_search(model.decoder, feats[i: i + 1], beam_size=4, max_len=8, n_best=2)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], abs=1e-4)
+
+
+def test_beam_larger_than_the_vocabulary_returns_only_valid_captions():
+    model = _model(vocab=6)  # 2 real words
+    feats = torch.randn(2, 16, model.config.feature_dim)
+    results = beam_search(model.decoder, feats, beam_size=50, max_len=2, n_best=50)
+    for hyps in results:
+        # sequences of 0..2 words over 2 words: 1 + 2 + 4 = 7 possible captions
+        assert len(hyps) == 7
+        assert all(t in (4, 5) for h in hyps for t in h.tokens)
+        assert all(h.log_prob > float("-inf") for h in hyps)
+
+
+def test_captions_stop_at_the_maximum_length():
+    model = _model(vocab=20)
+    with torch.no_grad():
+        model.decoder.L_o.bias[END] = -50.0  # the model never wants to stop
+    feats = torch.randn(3, 16, model.config.feature_dim)
+    for hyps in beam_search(model.decoder, feats, beam_size=3, max_len=5, n_best=3):
+        assert all(len(h.tokens) == 5 for h in hyps)
+    assert all(len(h.tokens) == 5 for h in greedy(model.decoder, feats, max_len=5))
+
+
+def test_unk_is_never_generated_unless_allowed():
+    model = _model(vocab=20)
+    with torch.no_grad():
+        model.decoder.L_o.bias[UNK] = 50.0  # <unk> is by far the likeliest word
+    feats = torch.randn(2, 16, model.config.feature_dim)
+    hyps = [h for hs in beam_search(model.decoder, feats, beam_size=3, max_len=5, n_best=3) for h in hs]
+    assert all(UNK not in h.tokens for h in hyps)
+    assert all(UNK not in h.tokens for h in greedy(model.decoder, feats, max_len=5))
+    allowed = beam_search(model.decoder, feats, beam_size=3, max_len=5, allow_unk=True)
+    assert all(UNK in hs[0].tokens for hs in allowed)
+
+
+def test_beams_ending_at_different_times_keep_their_own_scores():
+    model = _model(vocab=12)
+    feats = torch.randn(4, 16, model.config.feature_dim)
+    for i, hyps in enumerate(beam_search(model.decoder, feats, beam_size=5, max_len=6, n_best=5)):
+        lengths = {len(h.tokens) for h in hyps}
+        for h in hyps:
+            assert h.log_prob == pytest.approx(_score(model, feats[i: i + 1], h.tokens), abs=1e-4)
+        assert len(hyps) == 5 and lengths  # mixed lengths are scored exactly too
+
+
+def test_length_penalty_prefers_longer_captions():
+    model = _model(vocab=12)
+    feats = torch.randn(8, 16, model.config.feature_dim)
+    plain = beam_search(model.decoder, feats, beam_size=5, max_len=8)
+    normed = beam_search(model.decoder, feats, beam_size=5, max_len=8, length_penalty=1.0)
+    mean = lambda rs: sum(len(r[0].tokens) for r in rs) / len(rs)
+    assert mean(normed) >= mean(plain)
+
+
+def test_search_restores_the_training_flag_and_needs_no_grad():
+    model = _model(vocab=12).train()
+    feats = torch.randn(1, 16, model.config.feature_dim, requires_grad=True)
+    beam_search(model.decoder, feats, beam_size=2, max_len=3)
+    assert model.decoder.training

@@ -1,0 +1,170 @@
+"""Training: overfitting, exact resume after SIGKILL, DDP on gloo, faults refused clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.checkpoint import load_checkpoint
+from captioner.config import TrainConfig
+from captioner.data.prepared import PreparedData, collate
+from captioner.losses import caption_losses
+from captioner.models import build_model
+from captioner.train import TrainingError, epoch_batches, train
+
+from conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--embed-dim", "8", "--hidden-dim", "16", "--attention-dim", "8", "--dropout", "0.1",
+         "--grid", "4", "--no-progress", "--val-max-images", "4", "--seed", "3"]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("attention", ["soft", "hard"])
+def test_overfits_a_handful_of_shapes_images(shapes_dir, attention):
+    data = PreparedData(shapes_dir)
+    config = tiny_config(attention, vocab_size=len(data.vocab), hidden_dim=64, embed_dim=32,
+                         attention_dim=32, max_len=data.max_len, alpha_c=0.0)
+    model = build_model(config).train()
+    batch = collate([data.dataset("train", config.preprocess)[i] for i in range(6)])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    baseline = torch.zeros(())
+    losses = []
+    for _ in range(120):
+        out = model(batch.inputs, batch.captions, batch.lengths, batch.image_index, g)
+        terms, baseline = caption_losses(out, model.config, baseline)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        losses.append(float(terms["ce"]))
+    assert losses[-1] < 0.25 * losses[0], losses[::20]
+
+
+def test_epoch_order_is_a_fixed_permutation_split_over_ranks():
+    a = epoch_batches(10, 3, seed=1, epoch=0)
+    assert a == epoch_batches(10, 3, seed=1, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(10))
+    assert a != epoch_batches(10, 3, seed=1, epoch=1)
+    r0, r1 = epoch_batches(9, 2, 1, 0, rank=0, world=2), epoch_batches(9, 2, 1, 0, rank=1, world=2)
+    seen = [i for b in r0 + r1 for i in b]
+    assert sum(len(b) for b in r0) == sum(len(b) for b in r1) and set(seen) == set(range(9))
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "captioner", "train", "--data", str(data), "--out", str(out),
+            *SMALL, *extra]
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_final_weights(shapes_dir, tmp_path):
+    flags = ["--batch-size", "4", "--max-steps", "90", "--save-every", "4", "--epochs", "50",
+             "--attention", "hard"]
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(shapes_dir, full, *flags), check=True, env=_env(),
+                   capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(shapes_dir, killed, *flags), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = killed / "last.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if last.exists() and load_checkpoint(last).train["loop"]["step"] >= 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert 20 <= load_checkpoint(last).train["loop"]["step"] < 90  # killed mid-run
+    subprocess.run([sys.executable, "-m", "captioner", "train", "--out", str(killed), "--resume",
+                    "--no-progress"], check=True, env=_env(), capture_output=True)
+    a, b = load_checkpoint(full / "last.safetensors"), load_checkpoint(last)
+    assert a.train["loop"]["step"] == b.train["loop"]["step"] == 90
+    for k in a.weights:
+        assert torch.equal(a.weights[k], b.weights[k]), k
+
+
+def test_two_process_gloo_ddp_trains(shapes_dir, tmp_path):
+    out = tmp_path / "ddp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_addr=127.0.0.1", f"--master_port={port}", "-m", "captioner", "train",
+           "--data", str(shapes_dir), "--out", str(out), *SMALL, "--batch-size", "4",
+           "--max-steps", "6", "--save-every", "3"]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ckpt = load_checkpoint(out / "last.safetensors")
+    assert ckpt.train["loop"]["step"] == 6
+    assert (out / "best.safetensors").exists()
+    assert "trained 6 steps" in res.stdout and res.stdout.count("trained") == 1  # rank 0 reports
+
+
+def _config(data, out, **kw):
+    return TrainConfig(data=str(data), out=str(out), progress=False, val_max_images=4, **kw)
+
+
+def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+        shapes_dir, tmp_path, monkeypatch):
+    import captioner.train as tr
+
+    calls = {"n": 0}
+
+    def poisoned(out, config, baseline=None):
+        terms, b = caption_losses(out, config, baseline)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            terms["total"] = terms["total"] * float("nan")
+        return terms, b
+
+    monkeypatch.setattr(tr, "caption_losses", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss became nan at step 4.*last\.safetensors"):
+        train(tiny_config(), _config(shapes_dir, run, batch_size=4, max_steps=20, save_every=2))
+    good = load_checkpoint(run / "last.safetensors")
+    assert good.train["loop"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in good.weights.values() if v.is_floating_point())
+
+
+def test_resume_on_data_with_another_vocabulary_is_refused(shapes_dir, tmp_path):
+    from captioner.data.prepare import prepare
+    from captioner.data.shapes import generate
+
+    run = tmp_path / "run"
+    train(tiny_config(), _config(shapes_dir, run, batch_size=4, max_steps=2, save_every=1))
+    other = tmp_path / "other"
+    prepare(generate(other, {"train": 3}, seed=9), other, "shapes", min_count=1, progress=False)
+    with pytest.raises(TrainingError, match="different vocabulary"):
+        train(tiny_config(), _config(other, run), resume=True)
+    with pytest.raises(TrainingError, match="already has a run; use --resume"):
+        train(tiny_config(), _config(shapes_dir, run))
+
+
+def test_training_on_precomputed_features_uses_the_encoder_that_made_them(
+        shapes_features_dir, tmp_path):
+    from captioner.checkpoint import load_model
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    result = train(tiny_config(), _config(shapes_features_dir, run, batch_size=4, max_steps=3),
+                   encoder_given=False)
+    assert result.step == 3
+    model, _, ckpt = load_model(run / "last.safetensors")
+    assert ckpt.config.fine_tune_blocks == 0 and ckpt.config.grid_size == 4
+    made = load_file(str(shapes_features_dir / "features" / "encoder.safetensors"))
+    for k, v in made.items():
+        assert torch.equal(model.encoder.state_dict()[k], v)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert any('"val/BLEU-4"' in line for line in lines)
