@@ -72,8 +72,9 @@ def train(args) -> int:
     train_config = TrainConfig(data=data, out=args.out, progress=not args.no_progress,
                                **{k: getattr(args, k) for k in names})
     result = run_train(model_config, train_config, args.resume, encoder_given)
-    print(f"trained {result.step} steps ({result.epoch} epochs, stopped by {result.stopped}); "
-          f"best val BLEU-4 {result.best_bleu4:.4f}; checkpoints in {result.run_dir}")
+    if result.rank == 0:
+        print(f"trained {result.step} steps ({result.epoch} epochs, stopped by {result.stopped}); "
+              f"best val BLEU-4 {result.best_bleu4:.4f}; checkpoints in {result.run_dir}")
     return 0
 
 

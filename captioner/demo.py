@@ -7,9 +7,12 @@ from pathlib import Path
 
 from .config import ModelConfig, TrainConfig
 
-# A small model that learns shapes captions on two CPU cores in minutes.
+# A small model that learns shapes captions on two CPU cores in minutes. The doubly stochastic
+# term is off: it pushes each location towards a total attention of 1 over the caption, while a
+# shapes caption is about 1-3 objects covering a tenth of the image (measured: with it on, the
+# attention stays near uniform).
 DEMO_MODEL = ModelConfig(vocab_size=0, encoder="tiny", grid_size=8, embed_dim=128, hidden_dim=256,
-                         attention_dim=128, dropout=0.2, alpha_c=0.02)
+                         attention_dim=128, dropout=0.2, alpha_c=0.0)
 DEMO_TRAIN = TrainConfig(epochs=100, batch_size=32, lr=2e-3, lr_patience=1, early_stop=4,
                          val_beam_size=1, save_every=100, seed=0)
 DEMO_COUNTS = {"train": 3000, "val": 250, "test": 250}

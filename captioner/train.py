@@ -26,7 +26,7 @@ from .data.prepared import PreparedData, collate
 from .errors import UserError
 from .evaluate import decode_split, score
 from .losses import caption_losses
-from .models.captioner import CaptionModel, build_model
+from .models.captioner import build_model
 
 
 class TrainingError(UserError):
@@ -40,6 +40,7 @@ class TrainResult:
     best_bleu4: float
     run_dir: Path
     stopped: str  # "epochs", "max_steps" (also a --max-minutes stop), "early_stop"
+    rank: int = 0  # this process's rank under torchrun
 
 
 def resolve_model_config(data: PreparedData, config: ModelConfig, encoder_given: bool
@@ -306,7 +307,8 @@ class Trainer:
             self.save("last", with_train=True)
         if self.writer:
             self.writer.close()
-        return TrainResult(st["step"], st["epoch"], st["best_bleu4"], self.run_dir, stopped)
+        return TrainResult(st["step"], st["epoch"], st["best_bleu4"], self.run_dir, stopped,
+                           self.rank)
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, resume: bool = False,

@@ -168,9 +168,7 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
     with torch.inference_mode():
         for items in loader:
             good = [(i, x) for i, x in items if not isinstance(x, str)]
-            for i, x in items:
-                if isinstance(x, str):
-                    report.skipped.append(x)
+            report.skipped.extend(x for _, x in items if isinstance(x, str))
             if encoder is not None and good:
                 feats = encoder(torch.stack([x for _, x in good]))  # (b, P, D)
                 memmap[len(kept): len(kept) + len(good)] = feats.numpy().astype(FEATURE_DTYPE)

@@ -40,8 +40,9 @@ def _tiny(pretrained: bool) -> Backbone:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
                              nn.ReLU(inplace=True))
 
-    blocks = [block(3, 32, 2), block(32, 64, 1), block(64, 128, 2), block(128, 128, 1)]
-    return Backbone(blocks, 128, 16, Preprocess(64, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # 64x64 input -> 8x8x128 (stride 8): receptive fields about the size of a shapes object
+    blocks = [block(3, 32, 2), block(32, 64, 2), block(64, 128, 1), block(128, 128, 2)]
+    return Backbone(blocks, 128, 8, Preprocess(64, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                     trainable_by_default=True)
 
 

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduce the Flickr8k results: prepare features, train soft and hard attention, evaluate on
+# val with beam search, write a results table.
+#   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
+#          and images/; e.g. ../shared/data/flickr8k)
+# Uses the GPU when there is one. Flickr8k is for research use only: nothing it makes belongs in git.
+set -euo pipefail
+DATA=${1:?usage: flickr8k.sh DATA_DIR OUT_DIR}
+OUT=${2:?usage: flickr8k.sh DATA_DIR OUT_DIR}
+ENCODER=${ENCODER:-efficientnet_lite0}
+EPOCHS=${EPOCHS:-12}
+BEAM=${BEAM:-5}
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+CAP=.venv/bin/captioner
+start=$(date +%s)
+mkdir -p "$OUT"
+if [ ! -f "$OUT/data/meta.json" ]; then
+  $CAP prepare karpathy --json "$DATA/dataset_flickr8k.json" --images "$DATA/images" \
+      --out "$OUT/data" --features "$ENCODER" --min-count 5
+fi
+for ATT in soft hard; do
+  if [ ! -f "$OUT/$ATT/done" ]; then   # a killed run resumes where it stopped
+    RESUME=()
+    [ -f "$OUT/$ATT/last.safetensors" ] && RESUME=(--resume)
+    $CAP train --data "$OUT/data" --out "$OUT/$ATT" --attention "$ATT" --epochs "$EPOCHS" \
+        ${TRAIN_FLAGS:-} "${RESUME[@]}"
+    date > "$OUT/$ATT/done"
+  fi
+  $CAP evaluate --model "$OUT/$ATT/best.safetensors" --data "$OUT/data" --split val \
+      --beam-size "$BEAM" --results "$OUT/$ATT/val_results.json" --metrics "$OUT/$ATT/val_metrics.json"
+done
+.venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" <<'PY'
+import json, sys
+out, seconds = sys.argv[1], int(sys.argv[2])
+rows = ["| model | B-1 | B-2 | B-3 | B-4 | METEOR | ROUGE-L | CIDEr | attention entropy / log P | distinct captions | words used |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+for att in ("soft", "hard"):
+    m = json.load(open(f"{out}/{att}/val_metrics.json"))
+    g = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"
+    rows.append(f"| {att} (beam {int(m['beam_size'])}) | {g('coco/BLEU-1')} | {g('coco/BLEU-2')} | "
+                f"{g('coco/BLEU-3')} | {g('coco/BLEU-4')} | {g('coco/METEOR')} | {g('coco/ROUGE-L')} | "
+                f"{g('coco/CIDEr')} | {m['attention_entropy']:.2f} / {m['attention_entropy_uniform']:.2f} | "
+                f"{int(m['distinct_captions'])} / {int(m['images'])} | {int(m['vocabulary_used'])} |")
+rows.append(f"\nwall time: {seconds / 60:.1f} min")
+open(f"{out}/results.md", "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
