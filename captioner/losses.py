@@ -22,12 +22,17 @@ def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: to
 
 
 def doubly_stochastic(alpha: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
-    """Eq. 14: lambda * sum_i (1 - sum_t alpha_ti)^2, averaged over captions.
+    """Eq. 14: lambda * sum_i (1 - sum_t alpha_ti)^2 per caption, divided by the caption's
+    number of words, averaged over captions.
 
-    Padded steps have alpha zero (and are masked again here), so they add no attention.
+    The paper adds the term once per caption to the caption's summed -log p(y); our
+    cross-entropy is a mean over words, so dividing by the word count keeps the paper's
+    balance: lambda = 1 weighs the two as the paper (and the authors' code) did. Padded steps
+    have alpha zero (and are masked again here), so they add no attention.
     """
     total = (alpha * mask[..., None]).sum(1)  # (B, P) attention each location got
-    return lam * ((1.0 - total) ** 2).sum(1).mean()
+    words = mask.sum(1).clamp_min(1)  # (B,)
+    return lam * (((1.0 - total) ** 2).sum(1) / words).mean()
 
 
 def reinforce(log_likelihood: torch.Tensor, sample_log_prob: torch.Tensor, entropy: torch.Tensor,

@@ -197,8 +197,9 @@ def test_doubly_stochastic_is_zero_when_each_location_gets_total_attention_one()
     mask = torch.ones(1, 4, dtype=torch.bool)
     assert doubly_stochastic(alpha, mask, 1.0) == 0
     half = torch.full((1, 2, 4), 0.25)  # two steps spread evenly: each location gets 0.5
+    # lambda * sum_i (1 - 0.5)^2 over 4 locations, per word of the 2-word caption
     assert torch.isclose(doubly_stochastic(half, torch.ones(1, 2, dtype=torch.bool), 2.0),
-                         torch.tensor(2.0 * 4 * 0.25))
+                         torch.tensor(2.0 * 4 * 0.25 / 2))
 
 
 def test_reinforce_baseline_is_a_moving_average_and_advantage_sign_is_right():

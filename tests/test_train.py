@@ -167,3 +167,14 @@ def test_training_on_precomputed_features_uses_the_encoder_that_made_them(
         assert torch.equal(model.encoder.state_dict()[k], v)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert any('"val/BLEU-4"' in line for line in lines)
+
+
+def test_logdir_gets_tensorboard_scalars_and_the_run_gets_metrics_jsonl(shapes_dir, tmp_path):
+    run, logs = tmp_path / "run", tmp_path / "tb"
+    train(tiny_config(), _config(shapes_dir, run, batch_size=4, max_steps=10, logdir=str(logs)))
+    assert list(logs.glob("events.out.tfevents.*"))
+    import json
+
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 10 and "train/ce" in records[0]
+    assert "val/BLEU-4" in records[-1]

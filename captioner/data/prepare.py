@@ -70,7 +70,10 @@ class _ImageSet(Dataset):
 
 
 def _collate(items):
-    return items
+    """(good indices, their images stacked in the worker: one tensor to pass back, errors)."""
+    good = [(i, x) for i, x in items if not isinstance(x, str)]
+    stacked = torch.stack([x for _, x in good]) if good else torch.zeros(0)
+    return [i for i, _ in good], stacked, [x for _, x in items if isinstance(x, str)], len(items)
 
 
 def prepare(records: list[ImageRecord], out_dir: str | Path, source: str, min_count: int = 5,
@@ -166,14 +169,13 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
         memmap = np.memmap(tmp, FEATURE_DTYPE, "w+", shape=shape)
     bar = tqdm(total=len(records), desc=f"{split} images", disable=not progress, unit="img")
     with torch.inference_mode():
-        for items in loader:
-            good = [(i, x) for i, x in items if not isinstance(x, str)]
-            report.skipped.extend(x for _, x in items if isinstance(x, str))
+        for good, images, errors, count in loader:
+            report.skipped.extend(errors)
             if encoder is not None and good:
-                feats = encoder(torch.stack([x for _, x in good]))  # (b, P, D)
+                feats = encoder(images)  # (b, P, D)
                 memmap[len(kept): len(kept) + len(good)] = feats.numpy().astype(FEATURE_DTYPE)
-            kept.extend(records[i] for i, _ in good)
-            bar.update(len(items))
+            kept.extend(records[i] for i in good)
+            bar.update(count)
     bar.close()
     if memmap is not None:
         memmap.flush()

@@ -41,9 +41,7 @@ class CaptionModel(nn.Module):
         an image is encoded once for all its captions.
         """
         features = self.encode(inputs) if inputs.dim() == 4 else inputs  # (B, P, D)
-        if image_index is not None:
-            features = features[image_index]  # (N, P, D)
-        return self.decoder(features, captions, lengths, generator)
+        return self.decoder(features, captions, lengths, generator, image_index)
 
 
 def build_model(config: ModelConfig, pretrained: bool | None = None) -> CaptionModel:

@@ -83,31 +83,41 @@ class Decoder(nn.Module):
         return StepOutput(logits, DecoderState(h, c), att.alpha, beta, att.extras)
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
-                generator: torch.Generator | None = None) -> DecoderOutput:
-        """Teacher forcing over ``captions`` (B, L) = <start> w.. <end> <pad>.., ``lengths`` (B,)
-        counting <start> and <end>.
+                generator: torch.Generator | None = None,
+                image_index: torch.Tensor | None = None) -> DecoderOutput:
+        """Teacher forcing over ``captions`` (N, L) = <start> w.. <end> <pad>.., ``lengths`` (N,)
+        counting <start> and <end>. ``features`` are (N, P, D), or (B, P, D) with
+        ``image_index`` (N,) naming each caption's image: per-image work is then done once.
 
         Captions are sorted by length and each step runs only on those still going, so no
         compute is spent on padding.
         """
         steps = lengths.to(features.device) - 1  # words to predict per caption
         order = torch.argsort(steps, descending=True, stable=True)
-        features, captions, steps = features[order], captions[order], steps[order]
-        b, t_max = len(captions), int(steps.max())
         projected, state = self.init(features, generator)
-        logits = features.new_zeros(b, t_max, self.L_o.out_features)
-        alpha = features.new_zeros(b, t_max, features.shape[1])
-        extras: dict[str, torch.Tensor] = {}
-        active_per_step = (steps[None, :] > torch.arange(t_max, device=steps.device)[:, None]).sum(1)
-        for t in range(t_max):
-            n = int(active_per_step[t])  # captions still going at step t (sorted, so a prefix)
+        rows = order if image_index is None else image_index.to(features.device)[order]
+        features, projected, state = features[rows], projected[rows], state.select(rows)
+        captions, steps = captions[order], steps[order]
+        b, t_max = len(captions), int(steps.max())
+        mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]  # (B, T) sorted
+        outputs: list[StepOutput] = []
+        for t, n in enumerate(mask.sum(0).tolist()):  # n: captions still going (a prefix)
             state = DecoderState(state.h[:n], state.c[:n])
             out = self.step(features[:n], projected[:n], state, captions[:n, t], generator)
-            logits[:n, t], alpha[:n, t], state = out.logits, out.alpha, out.state
-            for key, value in out.extras.items():
-                extras.setdefault(key, features.new_zeros(b, t_max))[:n, t] = value
+            outputs.append(out)
+            state = out.state
+        # Step outputs are packed time-major; scatter them into (B, T, ...) in one go, in the
+        # batch's original order (one copy forward, one gather backward).
+        t_idx, row = mask.t().nonzero(as_tuple=True)
+        row = order[row]  # sorted position -> original position
         inverse = torch.argsort(order)
-        mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]
-        targets = captions[:, 1: t_max + 1]
-        return DecoderOutput(logits[inverse], targets[inverse], mask[inverse], alpha[inverse],
-                             {k: v[inverse] for k, v in extras.items()})
+
+        def unpack(values: list[torch.Tensor]) -> torch.Tensor:
+            packed = torch.cat(values)
+            padded = packed.new_zeros(b, t_max, *packed.shape[1:])
+            padded[row, t_idx] = packed
+            return padded
+
+        extras = {k: unpack([o.extras[k] for o in outputs]) for k in outputs[0].extras}
+        return DecoderOutput(unpack([o.logits for o in outputs]), captions[inverse, 1: t_max + 1],
+                             mask[inverse], unpack([o.alpha for o in outputs]), extras)
