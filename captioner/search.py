@@ -80,6 +80,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     alphas = torch.zeros(b, k, 0, p, device=device)
     finished = torch.zeros(b, k, dtype=torch.bool, device=device)
     offsets = (torch.arange(b, device=device) * k)[:, None]  # (B, 1)
+    ids = list(range(b))  # which input image each remaining row block is
+    results: list[list[Hypothesis]] = [[] for _ in range(b)]
 
     for t in range(max_len + 1):
         out = decoder.step(features, projected, state, words)
@@ -104,28 +106,39 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
         finished = finished.gather(1, beam) | (word == end)
         state = out.state.select(rows)
         words = word.view(-1)
-        if bool(finished.all()):
-            break
-    return _collect(tokens, alphas, scores, finished, n_best, length_penalty)
-
-
-def _collect(tokens, alphas, scores, finished, n_best, length_penalty) -> list[list[Hypothesis]]:
-    results = []
-    for i in range(tokens.shape[0]):
-        hyps = []
-        for j in range(tokens.shape[1]):
-            log_prob = float(scores[i, j])
-            if log_prob == float("-inf"):
-                continue  # a beam that never had a valid word (k larger than the choices)
-            seq = tokens[i, j].tolist()
-            n = seq.index(Vocabulary.end_id) if Vocabulary.end_id in seq else len(seq)
-            length = n + 1 if bool(finished[i, j]) else n  # <end> counts as a predicted word
-            score = log_prob / max(length, 1) ** length_penalty if length_penalty else log_prob
-            hyps.append(Hypothesis(seq[:n], log_prob, score, alphas[i, j, :n].cpu(),
-                                   bool(finished[i, j])))
-        hyps.sort(key=lambda h: h.score, reverse=True)
-        results.append(hyps[:n_best])
+        # (B,) images whose beams have all ended (a -inf beam is dead: k exceeded the choices)
+        done = (finished | torch.isneginf(scores)).all(1) | (t == max_len)
+        if bool(done.any()):  # collect them and stop computing their rows
+            for i in done.nonzero().flatten().tolist():
+                results[ids[i]] = _hypotheses(tokens[i], alphas[i], scores[i], finished[i],
+                                              n_best, length_penalty)
+            keep = (~done).nonzero().flatten()
+            if len(keep) == 0:
+                break
+            ids = [ids[i] for i in keep.tolist()]
+            tokens, alphas, scores, finished = tokens[keep], alphas[keep], scores[keep], finished[keep]
+            keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
+            features, projected = features[keep_rows], projected[keep_rows]
+            state, words = state.select(keep_rows), words[keep_rows]
+            b = len(keep)
+            offsets = (torch.arange(b, device=device) * k)[:, None]
     return results
+
+
+def _hypotheses(tokens, alphas, scores, finished, n_best, length_penalty) -> list[Hypothesis]:
+    """One image's beams (k, T) -> its n best hypotheses, best first."""
+    hyps = []
+    for j in range(tokens.shape[0]):
+        log_prob = float(scores[j])
+        if log_prob == float("-inf"):
+            continue  # a beam that never had a valid word (k larger than the choices)
+        seq = tokens[j].tolist()
+        n = seq.index(Vocabulary.end_id) if Vocabulary.end_id in seq else len(seq)
+        length = n + 1 if bool(finished[j]) else n  # <end> counts as a predicted word
+        score = log_prob / max(length, 1) ** length_penalty if length_penalty else log_prob
+        hyps.append(Hypothesis(seq[:n], log_prob, score, alphas[j, :n].cpu(), bool(finished[j])))
+    hyps.sort(key=lambda h: h.score, reverse=True)
+    return hyps[:n_best]
 
 
 @inference

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-from nltk.tokenize import RegexpTokenizer
 
 from .fileio import atomic_write_text
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
 
-# A regular expression needs no nltk data download, so tokenizing works offline. It matches the
-# Karpathy splits' convention: lower-case, split on every run of non-alphanumeric characters.
-_TOKENIZER = RegexpTokenizer(r"[a-z0-9]+")
+
+
+@functools.cache
+def _tokenizer():
+    # nltk's RegexpTokenizer needs no nltk data download, so tokenizing works offline; it is
+    # imported on first use because importing nltk costs a second that `caption` never needs.
+    # The pattern matches the Karpathy splits: lower-case, split on every non-alphanumeric run.
+    from nltk.tokenize import RegexpTokenizer
+
+    return RegexpTokenizer(r"[a-z0-9]+")
 
 
 def tokenize(text: str) -> list[str]:
     """Split a caption into lower-cased alphanumeric tokens ("A dog's ball." -> a, dog, s, ball)."""
-    return _TOKENIZER.tokenize(text.lower())
+    return _tokenizer().tokenize(text.lower())
 
 
 class Vocabulary:

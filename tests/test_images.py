@@ -214,3 +214,28 @@ def test_transform_squashes_or_crops_any_aspect_to_a_square():
     assert build_transform(Preprocess(36, 32))(wide).shape == (3, 32, 32)
     tall = solid(size=(7, 50))
     assert build_transform(Preprocess(36, 32))(tall).shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("size, resize, crop", [((300, 200), 224, 0), ((200, 300), 256, 224),
+                                                 ((150, 170), 64, 0), ((90, 60), 128, 112),
+                                                 ((64, 64), 64, 0)])
+def test_transform_gives_torchvision_v2_pixels(size, resize, crop):
+    """Our plain-torch transform equals torchvision's Resize/CenterCrop/Normalize pipeline."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2 as T
+
+    from captioner.config import Preprocess
+    from captioner.data.images import build_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    pre = Preprocess(resize, crop, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    steps = [T.ToImage(), T.Resize(resize if crop else (resize, resize),
+                                   interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
+    steps += [T.CenterCrop(crop)] if crop else []
+    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(list(pre.mean), list(pre.std))]
+    expected = T.Compose(steps)(image)
+    ours = build_transform(pre)(image)
+    assert ours.shape == expected.shape
+    assert torch.allclose(ours, expected, atol=1e-5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.transforms import v2 as T
+import torch.nn.functional as F
 
 from ..config import Preprocess
 
@@ -73,14 +73,44 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def build_transform(pre: Preprocess) -> T.Compose:
-    """PIL RGB image -> normalised float tensor (3, S, S) as ``pre`` describes."""
-    size = pre.resize if pre.crop else (pre.resize, pre.resize)
-    steps = [T.ToImage(), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True)]
-    if pre.crop:
-        steps.append(T.CenterCrop(pre.crop))
-    steps += [T.ToDtype(torch.float32, scale=True), T.Normalize(list(pre.mean), list(pre.std))]
-    return T.Compose(steps)
+class ImageTransform:
+    """PIL RGB image -> normalised float tensor (3, S, S) as a Preprocess describes.
+
+    The same pixels as torchvision's v2 ``Resize`` (bicubic, antialiased, on uint8),
+    ``CenterCrop``, ``ToDtype(scale=True)`` and ``Normalize`` (a test checks), in plain torch:
+    importing torchvision costs over a second at every ``captioner caption``.
+    """
+
+    def __init__(self, pre: Preprocess):
+        self.pre = pre
+        self.mean = torch.tensor(pre.mean).view(3, 1, 1)
+        self.std = torch.tensor(pre.std).view(3, 1, 1)
+
+    def _size(self, h: int, w: int) -> tuple[int, int]:
+        s = self.pre.resize
+        if not self.pre.crop:  # squash the whole frame
+            return s, s
+        if h <= w:  # shorter side to s, as torchvision computes it
+            return s, int(s * w / h)
+        return int(s * h / w), s
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+        h, w = self._size(x.shape[1], x.shape[2])
+        if (h, w) != tuple(x.shape[1:]):
+            # on uint8 directly: torch's fixed-point uint8 kernel is the one torchvision uses
+            x = F.interpolate(x[None].contiguous(), size=(h, w), mode="bicubic", antialias=True,
+                              align_corners=False)[0]
+        if self.pre.crop:
+            c = self.pre.crop
+            top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+            x = x[:, top: top + c, left: left + c]
+        return (x.float() / 255.0 - self.mean) / self.std
+
+
+def build_transform(pre: Preprocess) -> ImageTransform:
+    """The encoder input transform that ``pre`` describes (training and inference share it)."""
+    return ImageTransform(pre)
 
 
 def load_tensor(path: str | Path, pre: Preprocess) -> torch.Tensor:

@@ -1,0 +1,17 @@
+"""Helpers the benchmark scripts share."""
+
+from __future__ import annotations
+
+import os
+
+
+def load_note(before: float) -> str | None:
+    """A warning line when other processes were using the CPU around the run, else None."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    after = os.getloadavg()[0]
+    if max(before, after) < 0.5:
+        return None
+    return (f"note: 1-min load average {before:.2f} before / {after:.2f} after the run on "
+            f"{os.cpu_count()} cores: other processes shared the CPU, so these figures are noisy "
+            "(rerun, or compare at --threads 1 where CPU time is the steadier figure)")
