@@ -119,12 +119,13 @@ def caption(args) -> int:
 def attend(args) -> int:
     from .data.images import load_image
     from .inference import Captioner
-    from .visualize import attention_figure
+    from .visualize import attention_figure, model_view
 
     cap = Captioner.load(args.model)
     image = load_image(args.image)
     best = cap.caption(image, beam_size=args.beam_size, length_penalty=args.length_penalty)[0]
-    attention_figure(image, best.words, best.alpha.numpy(), best.grid_size, args.out,
+    attention_figure(model_view(image, cap.model.config.preprocess), best.words,
+                     best.alpha.numpy(), best.grid_size, args.out,
                      title=Path(args.image).name)
     print(f"{args.out}: {best.text}")
     return 0

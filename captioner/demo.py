@@ -30,7 +30,7 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     from .evaluate import evaluate_checkpoint
     from .inference import Captioner, captioner_home
     from .train import train
-    from .visualize import attention_figure
+    from .visualize import attention_figure, model_view
 
     root = Path(home) if home else captioner_home()
     data_dir, run_dir, fig_dir = root / "demo" / "data", root / "demo" / "run", root / "demo" / "figures"
@@ -71,7 +71,7 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
         out = fig_dir / f"{entry['image_id']}.png"
         from .data.images import load_image
 
-        attention_figure(load_image(path), c.words, c.alpha.numpy(), c.grid_size, out,
+        attention_figure(model_view(load_image(path), cap.model.config.preprocess), c.words, c.alpha.numpy(), c.grid_size, out,
                          title=entry["image_id"])
         print(f"      {path.name}: {c.text}\n        truth: {entry['captions'][0]}\n"
               f"        figure: {out}")

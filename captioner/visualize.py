@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .config import Preprocess
 from .fileio import atomic_write
 
 
@@ -22,8 +23,19 @@ def upsample_attention(alpha: np.ndarray, grid: int, size: tuple[int, int],
     grid_map = alpha.reshape(grid, grid).astype(np.float32)
     up = np.asarray(Image.fromarray(grid_map, mode="F").resize((w, h), Image.BICUBIC))
     if smooth:
-        up = gaussian_filter(up, sigma=smooth * max(w, h) / grid)
+        up = gaussian_filter(up, sigma=(smooth * h / grid, smooth * w / grid))
     return np.clip(up, 0, None)
+
+
+def model_view(image: Image.Image, pre: Preprocess) -> Image.Image:
+    """The part of ``image`` the encoder's grid covers: the whole frame when preprocessing
+    squashes it, the centre crop (of the resized image) when it crops."""
+    if not pre.crop:
+        return image
+    w, h = image.size
+    side = min(w, h) * pre.crop / pre.resize
+    left, top = (w - side) / 2, (h - side) / 2
+    return image.crop((round(left), round(top), round(left + side), round(top + side)))
 
 
 def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, grid: int,
@@ -32,14 +44,18 @@ def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, g
     """Write the figure to ``out`` (PNG, atomically); returns the number of word panels.
 
     ``alphas`` is (len(words), P). Panel 0 is the image itself; each further panel shows the
-    image dimmed where the word did not attend, with the word as its title.
+    image dimmed where the word did not attend, with the word as its title. The image keeps its
+    aspect ratio (longer side ``display_size``); the grid is stretched over it as the encoder's
+    input was.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = image.convert("RGB").resize((display_size, display_size), Image.BICUBIC)
+    scale = display_size / max(image.size)
+    image = image.convert("RGB").resize((max(1, round(image.width * scale)),
+                                         max(1, round(image.height * scale))), Image.BICUBIC)
     panels = len(words) + 1
     cols = min(columns, panels)
     rows = math.ceil(panels / cols)

@@ -139,3 +139,13 @@ def test_every_subcommand_has_help(capsys):
             main([cmd, "--help"])
         assert exit_info.value.code == 0
         assert "usage: captioner " + cmd in capsys.readouterr().out
+
+
+def test_figure_shows_the_region_the_encoder_saw():
+    from captioner.config import Preprocess
+    from captioner.visualize import model_view
+
+    image = Image.new("RGB", (400, 300))
+    assert model_view(image, Preprocess(224, 0)).size == (400, 300)  # squashed: whole frame
+    crop = model_view(image, Preprocess(256, 224))  # shorter side 300 -> 256, centre 224
+    assert crop.size == (262, 262) or crop.size == (263, 263)
