@@ -58,8 +58,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
 
     Returns, per image, up to ``n_best`` hypotheses best first, ranked by
     log_prob / length ** length_penalty (0: plain log-probability). Captions have at most
-    ``max_len`` words; one still going at that length ends there (``finished`` False).
-    ``<unk>`` is never generated unless ``allow_unk``.
+    ``max_len`` words: at that length ``<end>`` is the only choice left. ``<unk>`` is never
+    generated unless ``allow_unk``. An image whose beams have all ended stops being computed.
     """
     b, p, _ = features.shape
     k = beam_size

@@ -218,7 +218,7 @@ class Trainer:
         terms, new_baseline = caption_losses(out, self.config, baseline)
         total = terms["total"]
         if not torch.isfinite(total):
-            raise TrainingError(f"loss became {float(total)} at step {self.state['step']}; "
+            raise TrainingError(f"loss became {total.item()} at step {self.state['step']}; "
                                 f"stopped, {self.run_dir / 'last.safetensors'} is the last good "
                                 "checkpoint (try a lower --lr)")
         self.optimizer.zero_grad(set_to_none=True)
