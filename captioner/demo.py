@@ -33,7 +33,10 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     from .visualize import attention_figure, model_view
 
     root = Path(home) if home else captioner_home()
-    data_dir, run_dir, fig_dir = root / "demo" / "data", root / "demo" / "run", root / "demo" / "figures"
+    demo = root / "demo"
+    # the soft model is the default one `caption` uses; other kinds get runs of their own
+    suffix = "" if attention == "soft" else f"-{attention}"
+    data_dir, run_dir, fig_dir = demo / "data", demo / f"run{suffix}", demo / f"figures{suffix}"
     t0 = time.perf_counter()
     print(f"[1/4] shapes data -> {data_dir}")
     if fresh or not (data_dir / "meta.json").exists():
@@ -58,8 +61,8 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     cap = Captioner.load(best)
     data = PreparedData(data_dir)
     metrics = evaluate_checkpoint(cap.model, cap.vocab, data, "test", beam_size=3,
-                                  results_path=root / "demo" / "test_results.json",
-                                  metrics_path=root / "demo" / "test_metrics.json", progress=False)
+                                  results_path=demo / f"test_results{suffix}.json",
+                                  metrics_path=demo / f"test_metrics{suffix}.json", progress=False)
     for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "coco/CIDEr", "attention_correctness",
               "attention_correctness_uniform"):
         if k in metrics:

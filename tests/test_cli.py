@@ -149,3 +149,16 @@ def test_figure_shows_the_region_the_encoder_saw():
     assert model_view(image, Preprocess(224, 0)).size == (400, 300)  # squashed: whole frame
     crop = model_view(image, Preprocess(256, 224))  # shorter side 300 -> 256, centre 224
     assert crop.size == (262, 262) or crop.size == (263, 263)
+
+
+def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    from captioner.demo import run_demo
+
+    metrics = run_demo(home=tmp_path, minutes=0.05, attention="hard",
+                       counts={"train": 16, "val": 4, "test": 4}, figures=2)
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "BLEU-4" in out
+    assert {"BLEU-4", "coco/CIDEr", "attention_entropy"} <= set(metrics)
+    assert len(list((tmp_path / "demo" / "figures-hard").glob("*.png"))) == 2
+    assert (tmp_path / "demo" / "run-hard" / "best.safetensors").exists()
+    assert not (tmp_path / "demo" / "run").exists()  # the default (soft) model is left alone
