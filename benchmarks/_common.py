@@ -15,3 +15,11 @@ def load_note(before: float) -> str | None:
     return (f"note: 1-min load average {before:.2f} before / {after:.2f} after the run on "
             f"{os.cpu_count()} cores: other processes shared the CPU, so these figures are noisy "
             "(rerun, or compare at --threads 1 where CPU time is the steadier figure)")
+
+
+def print_verdict(passed: bool, text: str, load_before: float) -> None:
+    """The closing lines every benchmark prints: a load note if the CPU was shared, then
+    ``verdict: PASS|MISS: text``."""
+    if note := load_note(load_before):
+        print(note)
+    print(f"verdict: {'PASS' if passed else 'MISS'}: {text}")

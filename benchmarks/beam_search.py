@@ -35,7 +35,7 @@ from captioner.config import ModelConfig
 from captioner.models.decoder import Decoder
 from captioner.search import beam_search
 from captioner.vocab import Vocabulary
-from _common import load_note  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
 
 TARGET = 5.0
 
@@ -140,10 +140,8 @@ def main() -> int:
     cpu_ratio = cpu["per-image loop (batch 1)"] / cpu["batched beam_search"]
     print(f"ratio by wall time {ratio:.2f}x, by CPU time {cpu_ratio:.2f}x (with other processes on "
           "the cores, CPU time is the steadier of the two at --threads 1)")
-    if note := load_note(load_before):
-        print(note)
-    verdict = "PASS" if ratio >= TARGET else "MISS"
-    print(f"verdict: {verdict}: batched is {ratio:.2f}x the per-image loop (target >= {TARGET}x)")
+    print_verdict(ratio >= TARGET, f"batched is {ratio:.2f}x the per-image loop "
+                  f"(target >= {TARGET}x)", load_before)
     return 0
 
 

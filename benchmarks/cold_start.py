@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from _common import load_note  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -146,12 +146,11 @@ def main() -> int:
             for secs, name in top_imports(python, env, args.top):
                 print(f"  {secs:6.3f}  {name}")
         overhead = medians["captioner caption IMAGE --model CKPT"] - floor
-        if note := load_note(load_before):
-            print(note)
-        verdict = "PASS" if overhead <= args.target_overhead else "MISS"
-        print(f"verdict: {verdict}: captioner caption takes {overhead:.2f}s over the floor "
-              f"({medians['captioner caption IMAGE --model CKPT'] / floor:.2f}x; "
-              f"target <= {args.target_overhead:.2f}s, a default of this script)")
+        print_verdict(overhead <= args.target_overhead,
+                      f"captioner caption takes {overhead:.2f}s over the floor "
+                      f"({medians['captioner caption IMAGE --model CKPT'] / floor:.2f}x; "
+                      f"target <= {args.target_overhead:.2f}s, a default of this script)",
+                      load_before)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -33,7 +33,7 @@ import torch
 from captioner.config import ModelConfig
 from captioner.losses import caption_losses
 from captioner.models.decoder import Decoder, DecoderOutput, DecoderState
-from _common import load_note  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
 
 TARGET = 1.5
 
@@ -174,10 +174,8 @@ def main() -> int:
     print(f"ratio by wall time {ratio:.2f}x, by CPU time {naive_cpu / ours_cpu:.2f}x "
           "(cpu: this process's CPU time, all threads; steadier when other processes share "
           "the cores, at --threads 1)")
-    if note := load_note(load_before):
-        print(note)
-    verdict = "PASS" if ratio >= TARGET else "MISS"
-    print(f"verdict: {verdict}: ours is {ratio:.2f}x naive (target >= {TARGET}x)")
+    print_verdict(ratio >= TARGET, f"ours is {ratio:.2f}x naive (target >= {TARGET}x)",
+                  load_before)
     return 0
 
 

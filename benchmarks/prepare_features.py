@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from _common import load_note  # noqa: E402  (benchmarks/ is on sys.path)
+from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
 
 TARGET = 0.8
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
@@ -160,11 +160,8 @@ def main() -> int:
         aside = (f" (excluding prepare's own get_backbone ~{build_s:.2f}s: "
                  f"{prep_ex_ips / bare_ips:.2f}x)") if prep_s > 3 * build_s else ""
         print(f"ratio prepare/bare: {ratio:.2f}x{aside}; median run ratio {median_ratio:.2f}x")
-        if note := load_note(load_before):
-            print(note)
-        verdict = "PASS" if ratio >= TARGET else "MISS"
-        print(f"verdict: {verdict}: prepare runs at {ratio:.2f}x the bare forward "
-              f"(target >= {TARGET}x)")
+        print_verdict(ratio >= TARGET, f"prepare runs at {ratio:.2f}x the bare forward "
+                      f"(target >= {TARGET}x)", load_before)
     finally:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)

@@ -117,16 +117,12 @@ def caption(args) -> int:
 
 
 def attend(args) -> int:
-    from .data.images import load_image
     from .inference import Captioner
-    from .visualize import attention_figure, model_view
+    from .visualize import caption_figure
 
     cap = Captioner.load(args.model)
-    image = load_image(args.image)
-    best = cap.caption(image, beam_size=args.beam_size, length_penalty=args.length_penalty)[0]
-    attention_figure(model_view(image, cap.model.config.preprocess), best.words,
-                     best.alpha.numpy(), best.grid_size, args.out,
-                     title=Path(args.image).name)
+    best = caption_figure(cap, args.image, args.out, beam_size=args.beam_size,
+                          length_penalty=args.length_penalty)
     print(f"{args.out}: {best.text}")
     return 0
 

@@ -30,7 +30,7 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     from .evaluate import evaluate_checkpoint
     from .inference import Captioner, captioner_home
     from .train import train
-    from .visualize import attention_figure, model_view
+    from .visualize import caption_figure
 
     root = Path(home) if home else captioner_home()
     demo = root / "demo"
@@ -70,12 +70,8 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     print(f"[4/4] captions and attention figures -> {fig_dir}")
     for entry in data.manifest("test")[:figures]:
         path = data.image_path(entry)
-        c = cap.caption(path)[0]
         out = fig_dir / f"{entry['image_id']}.png"
-        from .data.images import load_image
-
-        attention_figure(model_view(load_image(path), cap.model.config.preprocess), c.words, c.alpha.numpy(), c.grid_size, out,
-                         title=entry["image_id"])
+        c = caption_figure(cap, path, out, title=entry["image_id"])
         print(f"      {path.name}: {c.text}\n        truth: {entry['captions'][0]}\n"
               f"        figure: {out}")
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min. Model: {best}\n"

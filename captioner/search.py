@@ -80,6 +80,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     alphas = torch.zeros(b, k, 0, p, device=device)
     finished = torch.zeros(b, k, dtype=torch.bool, device=device)
     offsets = (torch.arange(b, device=device) * k)[:, None]  # (B, 1)
+    carry = torch.full((vocab_size,), float("-inf"), device=device)
+    carry[pad] = 0.0  # a finished beam carries on unchanged through <pad> at no cost
     ids = list(range(b))  # which input image each remaining row block is
     results: list[list[Hypothesis]] = [[] for _ in range(b)]
 
@@ -90,9 +92,6 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
             logp = torch.where(torch.arange(vocab_size, device=device) == end, logp,
                                torch.full_like(logp, float("-inf")))
         logp = logp.view(b, k, vocab_size)
-        # a finished beam carries on unchanged through <pad> at no cost
-        carry = torch.full((vocab_size,), float("-inf"), device=device)
-        carry[pad] = 0.0
         logp = torch.where(finished[..., None], carry, logp)
         candidates = (scores[..., None] + logp).view(b, k * vocab_size)
         scores, index = candidates.topk(k, dim=1)  # (B, k)

@@ -38,6 +38,19 @@ def model_view(image: Image.Image, pre: Preprocess) -> Image.Image:
     return image.crop((round(left), round(top), round(left + side), round(top + side)))
 
 
+def caption_figure(captioner, image_path: str | Path, out: str | Path, title: str | None = None,
+                   **caption_options):
+    """Caption an image file with ``captioner`` (a Captioner) and write its attention figure;
+    returns the best Caption. What `captioner attend` and the demo both do."""
+    from .data.images import load_image
+
+    image = load_image(image_path)
+    best = captioner.caption(image, **caption_options)[0]
+    attention_figure(model_view(image, captioner.model.config.preprocess), best.words,
+                     best.alpha.numpy(), best.grid_size, out, title=title or Path(image_path).name)
+    return best
+
+
 def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, grid: int,
                      out: str | Path, title: str | None = None, columns: int = 5,
                      display_size: int = 224) -> int:
