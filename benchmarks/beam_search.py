@@ -55,7 +55,8 @@ class EndRampDecoder(Decoder):
     def step(self, features, projected, state, words, generator=None):
         out = super().step(features, projected, state, words, generator)
         if self.slope:
-            target = (11 + 3 * features[:, 0, 0]).round().clamp(6, 18)
+            target = (11 + 3 * features[:, 0, 0]).round().clamp(6, 18)  # per image
+            target = target.repeat_interleave(len(words) // len(features))  # per beam row
             out.logits[:, Vocabulary.end_id] += self.slope * (self._t - target)
         self._t += 1
         self.row_steps += len(words)
@@ -76,17 +77,19 @@ def main() -> int:
                    help="plain untrained decoder (captions mostly run to max_len)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     config = ModelConfig(vocab_size=args.vocab, grid_size=args.grid, feature_dim=args.feature_dim)
-    decoder = EndRampDecoder(config).eval()
+    device = torch.device(args.device)
+    decoder = EndRampDecoder(config).eval().to(device)
     if args.no_end_bias:
         decoder.slope = 0.0
     gen = torch.Generator().manual_seed(args.seed)
-    features = torch.randn(args.images, args.grid ** 2, args.feature_dim, generator=gen)
+    features = torch.randn(args.images, args.grid ** 2, args.feature_dim, generator=gen).to(device)
     batch = args.batch or args.images
 
     def batched():
@@ -105,6 +108,8 @@ def main() -> int:
         decoder.row_steps = 0
         t0, c0 = time.perf_counter(), time.process_time()
         results[name] = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         timings[name] = time.perf_counter() - t0
         cpu[name] = time.process_time() - c0
         row_steps[name] = decoder.row_steps
@@ -124,7 +129,8 @@ def main() -> int:
           f"embed={config.embed_dim} attention={config.attention_dim} vocab={args.vocab} "
           f"max_len={args.max_len} batched call size={batch}; untrained decoder, "
           f"{'no <end> bias' if args.no_end_bias else f'<end> ramp slope {decoder.slope}'}"
-          f"; threads={args.threads} cores={os.cpu_count()} torch={torch.__version__} "
+          f"; device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"
+          f" threads={args.threads} cores={os.cpu_count()} torch={torch.__version__} "
           f"python={platform.python_version()}")
     print(f"captions identical: {same}/{args.images} (first {first} asserted)")
     print(f"{'path':<28}{'wall s':>8}{'images/s':>10}{'cpu s':>8}{'mean words':>12}{'ended':>7}"

@@ -68,14 +68,17 @@ class TrainConfig:
 
     data: str = ""
     out: str = ""
+    init: str = ""  # start from this checkpoint's model (its config and weights), fresh optimizer
     epochs: int = 10
     max_steps: int = 0  # 0: no limit
     max_minutes: float = 0.0  # wall-clock budget for this process; 0: no limit
-    batch_size: int = 32  # images per batch; each brings all its captions
+    batch_size: int = 32  # images per batch (each brings all its captions), or captions
+    batch_by: str = "image"  # "image": batches of images; "caption": of (image, caption) pairs
     lr: float = 4e-4
     encoder_lr: float | None = None  # None: same as lr
     weight_decay: float = 0.0
     grad_clip: float = 5.0
+    label_smoothing: float = 0.0  # of the cross-entropy targets (0: the paper's plain -log p)
     lr_decay: float = 0.8  # ReduceLROnPlateau factor on validation BLEU-4
     lr_patience: int = 2
     early_stop: int = 6  # epochs without a better validation BLEU-4

@@ -9,9 +9,10 @@ from .config import ModelConfig
 from .models.decoder import DecoderOutput
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                  label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean -log p(y_t) over real target words (``mask`` True); padding never counts."""
-    return F.cross_entropy(logits[mask], targets[mask])
+    return F.cross_entropy(logits[mask], targets[mask], label_smoothing=label_smoothing)
 
 
 def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
@@ -58,11 +59,12 @@ def reinforce(log_likelihood: torch.Tensor, sample_log_prob: torch.Tensor, entro
 
 
 def caption_losses(output: DecoderOutput, config: ModelConfig,
-                   baseline: torch.Tensor | None = None
+                   baseline: torch.Tensor | None = None, label_smoothing: float = 0.0
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """All loss terms for a teacher-forced batch, plus ``total``; and the updated baseline
-    when the attention is stochastic (its extras carry ``log_prob``)."""
-    terms = {"ce": cross_entropy(output.logits, output.targets, output.mask)}
+    when the attention is stochastic (its extras carry ``log_prob``). The REINFORCE reward
+    is the plain log-likelihood, whatever the smoothing of the cross-entropy."""
+    terms = {"ce": cross_entropy(output.logits, output.targets, output.mask, label_smoothing)}
     if config.alpha_c:
         terms["doubly_stochastic"] = doubly_stochastic(output.alpha, output.mask, config.alpha_c)
     if "log_prob" in output.extras and baseline is not None:

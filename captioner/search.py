@@ -65,9 +65,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     k = beam_size
     device = features.device
     projected, state = decoder.init(features)
-    # expand per-image work to k beams: (B*k, ...)
-    features = features.repeat_interleave(k, 0)
-    projected = projected.repeat_interleave(k, 0)
+    # the state has k rows per image (image-major); features and projected stay one per image
     state = state.select(torch.arange(b, device=device).repeat_interleave(k))
     vocab_size = decoder.L_o.out_features
     banned = _banned_mask(vocab_size, allow_unk, device)
@@ -117,7 +115,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
             ids = [ids[i] for i in keep.tolist()]
             tokens, alphas, scores, finished = tokens[keep], alphas[keep], scores[keep], finished[keep]
             keep_rows = (keep[:, None] * k + torch.arange(k, device=device)).view(-1)
-            features, projected = features[keep_rows], projected[keep_rows]
+            features, projected = features[keep], projected[keep]
             state, words = state.select(keep_rows), words[keep_rows]
             b = len(keep)
             offsets = (torch.arange(b, device=device) * k)[:, None]

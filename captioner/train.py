@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
-from .data.prepared import PreparedData, collate
+from .data.prepared import CaptionPairs, PreparedData, collate
 from .errors import UserError
 from .evaluate import decode_split, score
 from .losses import caption_losses
@@ -90,6 +90,9 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
+    if state["generator"].numel() != generator.get_state().numel():
+        raise TrainingError("the checkpoint's sampling state is from another device type "
+                            "(CPU vs CUDA); resume on the kind of device that trained it")
     generator.set_state(state["generator"])
     py = json.loads(state["python"])
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -110,12 +113,14 @@ class Trainer:
 
     def __init__(self, model_config: ModelConfig, cfg: TrainConfig, resume: bool = False,
                  encoder_given: bool = True):
+        if cfg.batch_by not in ("image", "caption"):
+            raise TrainingError(f"--batch-by must be image or caption, not {cfg.batch_by!r}")
         self.rank, self.world, self.device = _distributed()
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.data = PreparedData(cfg.data)
         last = self.run_dir / "last.safetensors"
-        ckpt = None
+        ckpt, init = None, None
         if resume:
             ckpt = load_checkpoint(last)
             if ckpt.train is None:
@@ -133,6 +138,12 @@ class Trainer:
             raise TrainingError(f"{self.run_dir}: already has a run; use --resume to continue it "
                                 "or pick another --out")
         else:
+            init = self._init_checkpoint(cfg.init) if cfg.init else None
+            if init is not None:  # its model, with the encoder blocks to train from the flags
+                tune = model_config.fine_tune_blocks
+                model_config = replace(init.config, fine_tune_blocks=init.config.fine_tune_blocks
+                                       if tune is None else tune)
+                encoder_given = True
             model_config, self.use_features = resolve_model_config(self.data, model_config,
                                                                    encoder_given)
         torch.manual_seed(cfg.seed)
@@ -145,6 +156,12 @@ class Trainer:
         elif self.use_features:  # the exact encoder that computed the features
             self.model.encoder.load_state_dict(
                 load_file(str(self.data.root / "features" / "encoder.safetensors")))
+        if ckpt is None and init is not None:
+            self.model.decoder.load_state_dict({k[len("decoder."):]: v for k, v in
+                                                init.weights.items() if k.startswith("decoder.")})
+            if not self.use_features:
+                self.model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in
+                                                    init.weights.items() if k.startswith("encoder.")})
         self.model.to(self.device)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -156,7 +173,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=cfg.lr_decay, patience=cfg.lr_patience)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        # draws of stochastic attention happen on the training device (a CUDA tensor cannot
+        # be sampled with a CPU generator)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.state = {"step": 0, "epoch": 0, "batch": 0, "best_bleu4": -1.0, "bad_epochs": 0}
         if ckpt is not None:
             t = ckpt.train
@@ -166,6 +185,8 @@ class Trainer:
             _set_rng_state(t["rng"], self.generator)
         self.dataset = self.data.dataset("train", None if self.use_features else
                                          self.config.preprocess)
+        if cfg.batch_by == "caption":
+            self.dataset = CaptionPairs(self.dataset)
         self.writer = None
         if cfg.logdir and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -173,6 +194,13 @@ class Trainer:
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
+
+    def _init_checkpoint(self, path: str):
+        init = load_checkpoint(path, with_train=False)
+        if init.vocab != self.data.vocab:
+            raise TrainingError(f"{path}: trained with a different vocabulary than "
+                                f"{self.cfg.data}; --init needs the data it was trained on")
+        return init
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _trim_metrics(self) -> None:
@@ -215,7 +243,7 @@ class Trainer:
                            batch.image_index.to(self.device), self.generator)
         out.logits = out.logits.float()
         baseline = getattr(model.decoder.attention, "baseline", None)
-        terms, new_baseline = caption_losses(out, self.config, baseline)
+        terms, new_baseline = caption_losses(out, self.config, baseline, cfg.label_smoothing)
         total = terms["total"]
         if not torch.isfinite(total):
             raise TrainingError(f"loss became {total.item()} at step {self.state['step']}; "

@@ -260,3 +260,19 @@ def test_soft_attention_is_a_convex_combination_of_features():
     feats = torch.randn(2, 3, 6)
     out = att(feats, att.project(feats), torch.randn(2, 5))
     assert torch.allclose(out.context, (out.alpha[..., None] * feats).sum(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,inference", [("soft", "expected"), ("hard", "expected"),
+                                            ("hard", "argmax")])
+def test_beams_can_share_their_images_features_without_copies(kind, inference):
+    from captioner.models.attention import build_attention
+
+    torch.manual_seed(0)
+    att = build_attention(tiny_config(kind, feature_dim=6, hidden_dim=5, attention_dim=4,
+                                      hard_inference=inference)).eval()
+    feats, hidden = torch.randn(3, 7, 6), torch.randn(3 * 4, 5)  # 3 images, 4 beams each
+    projected = att.project(feats)
+    shared = att(feats, projected, hidden)
+    copied = att(feats.repeat_interleave(4, 0), projected.repeat_interleave(4, 0), hidden)
+    assert torch.allclose(shared.alpha, copied.alpha, atol=1e-6)
+    assert torch.allclose(shared.context, copied.context, atol=1e-6)

@@ -121,8 +121,8 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
 
     calls = {"n": 0}
 
-    def poisoned(out, config, baseline=None):
-        terms, b = caption_losses(out, config, baseline)
+    def poisoned(out, config, baseline=None, label_smoothing=0.0):
+        terms, b = caption_losses(out, config, baseline, label_smoothing)
         calls["n"] += 1
         if calls["n"] == 5:
             terms["total"] = terms["total"] * float("nan")
@@ -178,3 +178,60 @@ def test_logdir_gets_tensorboard_scalars_and_the_run_gets_metrics_jsonl(shapes_d
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 10 and "train/ce" in records[0]
     assert "val/BLEU-4" in records[-1]
+
+
+def test_init_starts_from_a_checkpoints_weights_with_a_fresh_optimizer(shapes_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(tiny_config(), _config(shapes_dir, first, batch_size=4, max_steps=3))
+    start = load_checkpoint(first / "last.safetensors")
+    # the model config comes from the checkpoint, whatever the flags say
+    other = tiny_config(hidden_dim=start.config.hidden_dim * 2)
+    result = train(other, _config(shapes_dir, second, batch_size=4, max_steps=1,
+                                  init=str(first / "last.safetensors")))
+    assert result.step == 1  # a new run: its own step count and optimizer
+    after = load_checkpoint(second / "last.safetensors")
+    assert after.config == start.config
+    assert after.train["train_config"]["init"].endswith("last.safetensors")
+    params = [k for k, v in start.weights.items() if v.is_floating_point() and "running" not in k]
+    moved = [k for k in params if not torch.equal(start.weights[k], after.weights[k])]
+    # one Adam step (lr 4e-4) from the saved weights: parameters moved, and only that far
+    assert moved and all((start.weights[k] - after.weights[k]).abs().max() < 1e-3 for k in params)
+
+
+def test_init_from_a_checkpoint_with_another_vocabulary_is_refused(shapes_dir, tmp_path):
+    from captioner.data.prepare import prepare
+    from captioner.data.shapes import generate
+
+    train(tiny_config(), _config(shapes_dir, tmp_path / "a", batch_size=4, max_steps=1))
+    other = tmp_path / "other"
+    prepare(generate(other, {"train": 3}, seed=9), other, "shapes", min_count=1, progress=False)
+    with pytest.raises(TrainingError, match="different vocabulary"):
+        train(tiny_config(), _config(other, tmp_path / "b", init=str(tmp_path / "a" / "last.safetensors")))
+
+
+def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):
+    from captioner.data.prepared import CaptionPairs
+
+    data = PreparedData(shapes_dir)
+    images = data.dataset("train", tiny_config().preprocess)
+    pairs = CaptionPairs(images)
+    assert len(pairs) == sum(len(e["captions"]) for e in images.entries)
+    k = len(images.entries[0]["captions"])
+    assert [pairs[j].captions[0] for j in range(k)] == images[0].captions
+    batch = collate([pairs[j] for j in range(3)])
+    assert len(batch.captions) == 3 and batch.image_index.tolist() == [0, 1, 2]
+    result = train(tiny_config(), _config(shapes_dir, tmp_path / "run", batch_size=8,
+                                          max_steps=2, batch_by="caption"))
+    assert result.step == 2
+    with pytest.raises(TrainingError, match="--batch-by must be image or caption"):
+        train(tiny_config(), _config(shapes_dir, tmp_path / "bad", batch_by="word"))
+
+
+def test_label_smoothing_raises_the_loss_of_a_confident_correct_prediction():
+    from captioner.losses import cross_entropy
+
+    logits = torch.full((1, 2, 5), -10.0)
+    logits[0, 0, 1] = logits[0, 1, 2] = 10.0
+    targets, mask = torch.tensor([[1, 2]]), torch.tensor([[True, True]])
+    plain, smooth = cross_entropy(logits, targets, mask), cross_entropy(logits, targets, mask, 0.1)
+    assert plain < 1e-6 and smooth > 1.0

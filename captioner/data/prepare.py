@@ -102,7 +102,7 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str, min_co
         if features.image_size:
             pre = Preprocess(features.image_size, 0, pre.mean, pre.std)
         grid = features.grid_size or backbone.grid_size
-        encoder = Encoder(backbone, grid, trainable_blocks=0).eval()
+        encoder = Encoder(backbone, grid, trainable_blocks=0).eval().to(_device())
         feat_meta = {"encoder": features.encoder, "grid_size": grid,
                      "feature_dim": backbone.feature_dim, "preprocess": asdict(pre)}
 
@@ -153,13 +153,23 @@ def _entry(r: ImageRecord, root: Path) -> dict:
     return entry
 
 
+def _device() -> torch.device:
+    """The GPU when there is one. Its convolutions run in full float32 (no TF32), so the
+    features match what ``caption`` computes on a CPU to float16 precision."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def _check_and_encode(records, split, report, encoder, pre, target, spec, progress):
     """Load every image once (in worker processes); with an encoder, write the features of the
     good ones in order into a float16 memmap, truncated to the kept rows at the end."""
     workers = spec.num_workers if spec else min(2, os.cpu_count() or 1)
     batch = spec.batch_size if spec else 64
     loader = DataLoader(_ImageSet(records, pre), batch_size=batch, num_workers=workers,
-                        collate_fn=_collate)
+                        collate_fn=_collate, pin_memory=torch.cuda.is_available())
     kept: list[ImageRecord] = []
     memmap, tmp = None, None
     if encoder is not None:
@@ -172,8 +182,8 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
         for good, images, errors, count in loader:
             report.skipped.extend(errors)
             if encoder is not None and good:
-                feats = encoder(images)  # (b, P, D)
-                memmap[len(kept): len(kept) + len(good)] = feats.numpy().astype(FEATURE_DTYPE)
+                feats = encoder(images.to(_device(), non_blocking=True))  # (b, P, D)
+                memmap[len(kept): len(kept) + len(good)] = feats.cpu().numpy().astype(FEATURE_DTYPE)
             kept.extend(records[i] for i in good)
             bar.update(count)
     bar.close()

@@ -11,7 +11,7 @@ Layout written by ``captioner prepare``::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +144,20 @@ class CaptionDataset(Dataset):
         refs = [c.split() for c in entry["captions"]]
         vocab, max_len = self.data.vocab, self.data.max_len
         return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in refs], refs)
+
+
+class CaptionPairs(Dataset):
+    """One item per (image, caption) pair of a CaptionDataset, so that a batch holds captions
+    of as many different images as it holds captions."""
+
+    def __init__(self, images: CaptionDataset):
+        self.images = images
+        self.pairs = [(i, j) for i, e in enumerate(images.entries) for j in range(len(e["captions"]))]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> Sample:
+        i, j = self.pairs[k]
+        sample = self.images[i]
+        return replace(sample, captions=[sample.captions[j]])

@@ -27,7 +27,10 @@ class AttentionOutput:
 
 
 class Attention(nn.Module):
-    """MLP attention scores e_ti = w^T tanh(W_a a_i + W_h h_{t-1}) and alpha_t = softmax(e_t)."""
+    """MLP attention scores e_ti = w^T tanh(W_a a_i + W_h h_{t-1}) and alpha_t = softmax(e_t).
+
+    ``features`` and ``projected`` have one row per hidden row, or one per image when the
+    hidden rows come k per image, image-major (beam search's beams)."""
 
     def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
         super().__init__()
@@ -48,8 +51,19 @@ class Attention(nn.Module):
         """Start a new batch of captions (a stochastic kind draws its per-batch choices here)."""
 
     def weights(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        e = self.score(torch.tanh(projected + self.hidden_proj(hidden)[:, None])).squeeze(-1)
-        return F.softmax(e, dim=-1)  # (B, P)
+        """alpha (N, P) for N hidden rows; ``projected`` is (N, P, A), or (B, P, A) with N = B*k
+        rows image-major (beam search: k beams share their image's features, never copied)."""
+        n, (b, p, a) = len(hidden), projected.shape
+        h = self.hidden_proj(hidden).view(b, n // b, 1, a)
+        e = projected[:, None] + h  # (B, k, P, A)
+        e = self.score(e.tanh_()).view(n, p)  # in place: the largest tensor of a step, once
+        return F.softmax(e, dim=-1)
+
+    @staticmethod
+    def context(alpha: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """sum_i alpha_ti a_i: (N, P) with (N, P, D) or image-major (B, P, D) -> (N, D)."""
+        n, b = len(alpha), len(features)
+        return torch.bmm(alpha.view(b, n // b, -1), features).view(n, -1)
 
     def forward(self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor,
                 generator: torch.Generator | None = None) -> AttentionOutput:
@@ -61,8 +75,7 @@ class SoftAttention(Attention):
 
     def forward(self, features, projected, hidden, generator=None):
         alpha = self.weights(projected, hidden)
-        context = torch.bmm(alpha[:, None], features).squeeze(1)  # (B, D)
-        return AttentionOutput(context, alpha)
+        return AttentionOutput(self.context(alpha, features), alpha)
 
 
 class HardAttention(Attention):
@@ -97,19 +110,21 @@ class HardAttention(Attention):
 
     def reset(self, batch_size, generator=None):
         if self.training:  # inference draws nothing, so it never shifts the training RNG
-            coin = torch.rand((), generator=generator)
+            coin = torch.rand((), generator=generator,
+                              device=generator.device if generator is not None else None)
             self.use_expected = bool(coin < self.expected_prob)
 
     def forward(self, features, projected, hidden, generator=None):
         alpha = self.weights(projected, hidden)
         if not self.training:
             if self.inference == "expected":
-                return AttentionOutput(torch.bmm(alpha[:, None], features).squeeze(1), alpha)
+                return AttentionOutput(self.context(alpha, features), alpha)
             index = alpha.argmax(-1)
-            return AttentionOutput(features[torch.arange(len(index)), index], alpha)
+            image = torch.arange(len(index), device=index.device) // (len(index) // len(features))
+            return AttentionOutput(features[image, index], alpha)
         entropy = -(alpha * torch.log(alpha.clamp_min(1e-12))).sum(-1)  # (B,)
         if self.use_expected:
-            context = torch.bmm(alpha[:, None], features).squeeze(1)
+            context = self.context(alpha, features)
             log_prob = torch.zeros_like(entropy)
         else:
             index = torch.multinomial(alpha.detach(), 1, generator=generator).squeeze(1)  # (B,)
