@@ -60,6 +60,8 @@ def _add_model_args(p) -> None:
         default = next(f.default for f in fields(ModelConfig) if f.name == name)
         g.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     g.add_argument("--no-gate", action="store_true", help="drop the beta gate (4.2.1)")
+    g.add_argument("--deep-output", choices=["linear", "tanh"], default="linear",
+                   help="eq. 7 as printed (linear) or with the tanh of the authors' code")
 
 
 def _add_train(sub) -> None:

@@ -51,7 +51,8 @@ def model_config_from_args(args) -> tuple[ModelConfig, bool]:
                          hidden_dim=args.hidden_dim, attention_dim=args.attention_dim,
                          dropout=args.dropout, alpha_c=args.alpha_c,
                          hard_inference=args.hard_inference, hard_entropy=args.hard_entropy,
-                         hard_reward_scale=args.hard_reward_scale, gate=not args.no_gate)
+                         hard_reward_scale=args.hard_reward_scale, gate=not args.no_gate,
+                         deep_output=args.deep_output)
     if args.grid:
         config = replace(config, grid_size=args.grid)
     return config, args.encoder is not None

@@ -42,6 +42,7 @@ class ModelConfig:
     max_len: int = 20  # longest caption in words, without <start>/<end>
     alpha_c: float = 1.0  # lambda of the doubly stochastic term (eq. 14)
     gate: bool = True  # beta gating scalar (section 4.2.1)
+    deep_output: str = "linear"  # eq. 7 as printed, or "tanh" of its sum (authors' code)
     # hard attention (section 4.1) and the authors' code's constants
     hard_baseline_decay: float = 0.9
     hard_reward_scale: float = 0.1  # lambda_r

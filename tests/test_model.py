@@ -276,3 +276,23 @@ def test_beams_can_share_their_images_features_without_copies(kind, inference):
     copied = att(feats.repeat_interleave(4, 0), projected.repeat_interleave(4, 0), hidden)
     assert torch.allclose(shared.alpha, copied.alpha, atol=1e-6)
     assert torch.allclose(shared.context, copied.context, atol=1e-6)
+
+
+def test_deep_output_tanh_squashes_the_sum_before_the_word_layer():
+    from captioner.models.decoder import Decoder
+
+    torch.manual_seed(0)
+    linear = Decoder(tiny_config(feature_dim=6)).eval()
+    squashed = Decoder(tiny_config(feature_dim=6, deep_output="tanh")).eval()
+    squashed.load_state_dict(linear.state_dict())  # same parameters: only the activation differs
+    feats = torch.randn(2, 16, 6) * 10
+    projected, state = linear.init(feats)
+    words = torch.tensor([1, 1])
+    a = linear.step(feats, projected, state, words)
+    b = squashed.step(feats, projected, state, words)
+    z = a.beta * linear.attention(feats, projected, state.h).context  # the gated context
+    emb, hz = linear.embedding(words), linear.L_h(a.state.h) + linear.L_z(z)
+    assert torch.allclose(a.logits, linear.L_o(emb + hz), atol=1e-5)
+    assert torch.allclose(b.logits, linear.L_o(torch.tanh(emb + hz)), atol=1e-5)
+    with pytest.raises(ValueError, match="deep_output"):
+        Decoder(tiny_config(feature_dim=6, deep_output="relu"))

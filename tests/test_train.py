@@ -206,7 +206,8 @@ def test_init_from_a_checkpoint_with_another_vocabulary_is_refused(shapes_dir, t
     other = tmp_path / "other"
     prepare(generate(other, {"train": 3}, seed=9), other, "shapes", min_count=1, progress=False)
     with pytest.raises(TrainingError, match="different vocabulary"):
-        train(tiny_config(), _config(other, tmp_path / "b", init=str(tmp_path / "a" / "last.safetensors")))
+        train(tiny_config(), _config(other, tmp_path / "b",
+                                     init=str(tmp_path / "a" / "last.safetensors")))
 
 
 def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):

@@ -152,7 +152,8 @@ class CaptionPairs(Dataset):
 
     def __init__(self, images: CaptionDataset):
         self.images = images
-        self.pairs = [(i, j) for i, e in enumerate(images.entries) for j in range(len(e["captions"]))]
+        self.pairs = [(i, j) for i, entry in enumerate(images.entries)
+                      for j in range(len(entry["captions"]))]
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -62,6 +62,9 @@ class Decoder(nn.Module):
         self.L_z = nn.Linear(d, m)
         self.L_o = nn.Linear(m, config.vocab_size)
         self.dropout = nn.Dropout(config.dropout)
+        if config.deep_output not in ("linear", "tanh"):
+            raise ValueError(f"deep_output must be 'linear' or 'tanh', not {config.deep_output!r}")
+        self.output_act = nn.Tanh() if config.deep_output == "tanh" else nn.Identity()
 
     def init(self, features: torch.Tensor, generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, DecoderState]:
@@ -79,7 +82,7 @@ class Decoder(nn.Module):
             torch.ones_like(state.h[:, :1])
         z = beta * att.context  # (B, D)
         h, c = self.lstm(torch.cat([emb, z], dim=1), (state.h, state.c))
-        logits = self.L_o(self.dropout(emb + self.L_h(h) + self.L_z(z)))  # eq. 7
+        logits = self.L_o(self.dropout(self.output_act(emb + self.L_h(h) + self.L_z(z))))  # eq. 7
         return StepOutput(logits, DecoderState(h, c), att.alpha, beta, att.extras)
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
