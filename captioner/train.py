@@ -122,12 +122,9 @@ class Trainer:
         last = self.run_dir / "last.safetensors"
         ckpt, init = None, None
         if resume:
-            ckpt = load_checkpoint(last)
+            ckpt = self._checkpoint_for_data(last, "--resume")
             if ckpt.train is None:
                 raise TrainingError(f"{last}: has no training state to resume from")
-            if ckpt.vocab != self.data.vocab:
-                raise TrainingError(f"{cfg.data}: prepared with a different vocabulary than "
-                                    f"{last}; resume on the data it was trained on")
             saved = TrainConfig.from_dict(ckpt.train["train_config"])
             self.cfg = cfg = replace(saved, out=cfg.out, data=cfg.data,
                                      max_steps=cfg.max_steps or saved.max_steps,
@@ -138,7 +135,8 @@ class Trainer:
             raise TrainingError(f"{self.run_dir}: already has a run; use --resume to continue it "
                                 "or pick another --out")
         else:
-            init = self._init_checkpoint(cfg.init) if cfg.init else None
+            init = self._checkpoint_for_data(cfg.init, "--init", with_train=False) \
+                if cfg.init else None
             if init is not None:  # its model, with the encoder blocks to train from the flags
                 tune = model_config.fine_tune_blocks
                 model_config = replace(init.config, fine_tune_blocks=init.config.fine_tune_blocks
@@ -195,12 +193,13 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
 
-    def _init_checkpoint(self, path: str):
-        init = load_checkpoint(path, with_train=False)
-        if init.vocab != self.data.vocab:
+    def _checkpoint_for_data(self, path, flag: str, with_train: bool = True):
+        """A checkpoint to continue from, refused when its vocabulary is not this data's."""
+        ckpt = load_checkpoint(path, with_train=with_train)
+        if ckpt.vocab != self.data.vocab:
             raise TrainingError(f"{path}: trained with a different vocabulary than "
-                                f"{self.cfg.data}; --init needs the data it was trained on")
-        return init
+                                f"{self.cfg.data}; {flag} needs the data it was trained on")
+        return ckpt
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _trim_metrics(self) -> None:

@@ -14,7 +14,6 @@ PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
 
 
-
 @functools.cache
 def _tokenizer():
     # nltk's RegexpTokenizer needs no nltk data download, so tokenizing works offline; it is

@@ -173,6 +173,7 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
     kept: list[ImageRecord] = []
     memmap, tmp = None, None
     if encoder is not None:
+        device = next(encoder.parameters()).device
         shape = (len(records), encoder.grid_size ** 2, encoder.feature_dim)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".f16.tmp")
@@ -182,7 +183,7 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
         for good, images, errors, count in loader:
             report.skipped.extend(errors)
             if encoder is not None and good:
-                feats = encoder(images.to(_device(), non_blocking=True))  # (b, P, D)
+                feats = encoder(images.to(device, non_blocking=True))  # (b, P, D)
                 memmap[len(kept): len(kept) + len(good)] = feats.cpu().numpy().astype(FEATURE_DTYPE)
             kept.extend(records[i] for i in good)
             bar.update(count)

@@ -11,7 +11,7 @@ Layout written by ``captioner prepare``::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +134,10 @@ class CaptionDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, i: int) -> Sample:
+        return self.sample(i)
+
+    def sample(self, i: int, caption: int | None = None) -> Sample:
+        """Image ``i`` with all its captions encoded, or only caption number ``caption``."""
         entry = self.entries[i]
         if self.features_path is not None:
             if self._features is None:  # opened lazily: once per DataLoader worker
@@ -143,7 +147,8 @@ class CaptionDataset(Dataset):
             inputs = self.transform(load_image(self.data.image_path(entry)))
         refs = [c.split() for c in entry["captions"]]
         vocab, max_len = self.data.vocab, self.data.max_len
-        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in refs], refs)
+        chosen = refs if caption is None else [refs[caption]]
+        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in chosen], refs)
 
 
 class CaptionPairs(Dataset):
@@ -159,6 +164,4 @@ class CaptionPairs(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> Sample:
-        i, j = self.pairs[k]
-        sample = self.images[i]
-        return replace(sample, captions=[sample.captions[j]])
+        return self.images.sample(*self.pairs[k])
