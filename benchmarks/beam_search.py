@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -76,6 +77,8 @@ def main() -> int:
     p.add_argument("--no-end-bias", action="store_true",
                    help="plain untrained decoder (captions mostly run to max_len)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=3,
+                   help="time each path this many times and report the median")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
@@ -105,13 +108,17 @@ def main() -> int:
     beam_search(decoder, features[:2], args.beam, args.max_len)  # warm-up
     timings, cpu, results, row_steps = {}, {}, {}, {}
     for name, fn in (("batched beam_search", batched), ("per-image loop (batch 1)", per_image)):
-        decoder.row_steps = 0
-        t0, c0 = time.perf_counter(), time.process_time()
-        results[name] = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timings[name] = time.perf_counter() - t0
-        cpu[name] = time.process_time() - c0
+        walls, cpus = [], []
+        for _ in range(args.repeat):
+            decoder.row_steps = 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            results[name] = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        timings[name], cpu[name] = statistics.median(walls), statistics.median(cpus)
+        print(f"{name}: wall s per run {', '.join(f'{w:.2f}' for w in walls)}")
         row_steps[name] = decoder.row_steps
 
     ours, loop = results.values()
@@ -127,7 +134,7 @@ def main() -> int:
     print(f"config: images={args.images} beam={args.beam} P={args.grid ** 2} "
           f"({args.grid}x{args.grid}) D={args.feature_dim} hidden={config.hidden_dim} "
           f"embed={config.embed_dim} attention={config.attention_dim} vocab={args.vocab} "
-          f"max_len={args.max_len} batched call size={batch}; untrained decoder, "
+          f"max_len={args.max_len} batched call size={batch}; median of {args.repeat} runs; untrained decoder, "
           f"{'no <end> bias' if args.no_end_bias else f'<end> ramp slope {decoder.slope}'}"
           f"; device={torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"
           f" threads={args.threads} cores={os.cpu_count()} torch={torch.__version__} "

@@ -262,6 +262,21 @@ def test_soft_attention_is_a_convex_combination_of_features():
     assert torch.allclose(out.context, (out.alpha[..., None] * feats).sum(1), atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["train", "inference", "inference in blocks"])
+def test_attention_weights_are_the_papers_softmax_of_w_tanh(mode, monkeypatch):
+    torch.manual_seed(0)
+    att = SoftAttention(6, 5, 4)
+    feats, hidden = torch.randn(5, 7, 6) * 3, torch.randn(5 * 3, 5) * 3  # 5 images, 3 beams
+    projected = att.project(feats)
+    h = att.hidden_proj(hidden).view(5, 3, 1, 4)
+    expected = torch.softmax(att.score(torch.tanh(projected[:, None] + h)).view(15, 7), -1)
+    if mode == "inference in blocks":  # 2 images per block: 3 blocks, the last one short
+        monkeypatch.setattr(Attention, "cpu_block_elements", 2 * 3 * 7 * 4)
+    with torch.inference_mode(mode != "train"):
+        alpha = att.weights(projected, hidden)
+    assert torch.allclose(alpha, expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind,inference", [("soft", "expected"), ("hard", "expected"),
                                             ("hard", "argmax")])
 def test_beams_can_share_their_images_features_without_copies(kind, inference):
