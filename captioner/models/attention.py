@@ -52,7 +52,7 @@ class Attention(nn.Module):
 
     #: CPU inference computes the (rows, P, A) score tensor in blocks of at most this many
     #: elements, in one reused buffer that stays in cache (a beam-search step's whole tensor is
-    #: hundreds of MB; measured 2x faster beam search on 2 cores, benchmarks/README.md)
+    #: hundreds of MB; beam search measured 1.5x faster on 2 cores, benchmarks/README.md)
     cpu_block_elements = 1 << 19
 
     def weights(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
