@@ -149,17 +149,11 @@ class Trainer:
         self.model = build_model(model_config, pretrained=False if (ckpt or self.use_features)
                                  else None)
         self.config = self.model.config
-        if ckpt is not None:
-            self.model.load_state_dict(ckpt.weights)
-        elif self.use_features:  # the exact encoder that computed the features
+        if ckpt is not None or init is not None:
+            self.model.load_state_dict((ckpt or init).weights)
+        if ckpt is None and self.use_features:  # the exact encoder that computed the features
             self.model.encoder.load_state_dict(
                 load_file(str(self.data.root / "features" / "encoder.safetensors")))
-        if ckpt is None and init is not None:  # features keep the encoder that made them
-            parts = ["decoder"] if self.use_features else ["decoder", "encoder"]
-            for part in parts:
-                getattr(self.model, part).load_state_dict(
-                    {k[len(part) + 1:]: v for k, v in init.weights.items()
-                     if k.startswith(part + ".")})
         self.model.to(self.device)
         self.ddp = (torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
