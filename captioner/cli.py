@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .config import ModelConfig, TrainConfig
+from .config import DEEP_OUTPUTS, ModelConfig, TrainConfig
 
 DEFAULT_SHAPES = {"train": 3000, "val": 250, "test": 250}
 
@@ -60,7 +60,7 @@ def _add_model_args(p) -> None:
         default = next(f.default for f in fields(ModelConfig) if f.name == name)
         g.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     g.add_argument("--no-gate", action="store_true", help="drop the beta gate (4.2.1)")
-    g.add_argument("--deep-output", choices=["linear", "tanh"], default="linear",
+    g.add_argument("--deep-output", choices=DEEP_OUTPUTS, default=ModelConfig.deep_output,
                    help="eq. 7 as printed (linear) or with the tanh of the authors' code")
 
 

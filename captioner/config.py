@@ -24,6 +24,9 @@ class Preprocess:
         return self.crop or self.resize
 
 
+DEEP_OUTPUTS = ("linear", "tanh")  # eq. 7 as printed, or with the tanh of the authors' code
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild a captioning model (Xu et al. 2015)."""
@@ -42,7 +45,7 @@ class ModelConfig:
     max_len: int = 20  # longest caption in words, without <start>/<end>
     alpha_c: float = 1.0  # lambda of the doubly stochastic term (eq. 14)
     gate: bool = True  # beta gating scalar (section 4.2.1)
-    deep_output: str = "linear"  # eq. 7 as printed, or "tanh" of its sum (authors' code)
+    deep_output: str = "linear"  # one of DEEP_OUTPUTS
     # hard attention (section 4.1) and the authors' code's constants
     hard_baseline_decay: float = 0.9
     hard_reward_scale: float = 0.1  # lambda_r

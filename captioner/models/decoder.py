@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import DEEP_OUTPUTS, ModelConfig
 from .attention import build_attention
 
 
@@ -62,8 +62,9 @@ class Decoder(nn.Module):
         self.L_z = nn.Linear(d, m)
         self.L_o = nn.Linear(m, config.vocab_size)
         self.dropout = nn.Dropout(config.dropout)
-        if config.deep_output not in ("linear", "tanh"):
-            raise ValueError(f"deep_output must be 'linear' or 'tanh', not {config.deep_output!r}")
+        if config.deep_output not in DEEP_OUTPUTS:
+            raise ValueError(f"deep_output must be one of {DEEP_OUTPUTS}, "
+                             f"not {config.deep_output!r}")
         self.output_act = nn.Tanh() if config.deep_output == "tanh" else nn.Identity()
 
     def init(self, features: torch.Tensor, generator: torch.Generator | None = None
