@@ -50,7 +50,8 @@ def _add_prepare(sub) -> None:
 def _add_model_args(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--encoder", default=None, help="tiny, resnet50/101/152, vgg16, "
-                   "efficientnet_lite0(_s16) (default: the data's features, else tiny)")
+                   "efficientnet_lite0(_s16), efficientnet_lite1, efficientnet_lite2 (default: the "
+                   "data's features, else tiny)")
     g.add_argument("--attention", default="soft", help="soft or hard")
     g.add_argument("--grid", type=int, default=None, help="feature grid side")
     g.add_argument("--fine-tune", type=int, default=None, metavar="N",

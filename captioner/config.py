@@ -24,6 +24,7 @@ class Preprocess:
         return self.crop or self.resize
 
 
+OBJECTIVES = ("xe", "scst")  # cross-entropy (+ the paper's terms); self-critical CIDEr-D
 DEEP_OUTPUTS = ("linear", "tanh")  # eq. 7 as printed, or with the tanh of the authors' code
 
 
@@ -83,6 +84,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     label_smoothing: float = 0.0  # of the cross-entropy targets (0: the paper's plain -log p)
+    objective: str = "xe"  # one of OBJECTIVES: the paper's likelihood, or self-critical CIDEr-D
+    scst_samples: int = 5  # captions drawn per image by "scst"
     lr_decay: float = 0.8  # ReduceLROnPlateau factor on validation BLEU-4
     lr_patience: int = 2
     early_stop: int = 6  # epochs without a better validation BLEU-4

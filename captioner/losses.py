@@ -75,3 +75,27 @@ def caption_losses(output: DecoderOutput, config: ModelConfig,
         terms.update(extra)
     terms["total"] = sum(terms.values())
     return terms, baseline
+
+
+def sequence_log_prob(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                      banned: torch.Tensor) -> torch.Tensor:
+    """log p of each caption (B,) under the decoding distribution: the ``banned`` (V,) words
+    get no probability (as when sampling), the rest is renormalised; positions where ``mask``
+    is False add nothing."""
+    logp = torch.log_softmax(logits.float().masked_fill(banned, float("-inf")), -1)
+    safe = targets.masked_fill(~mask, int((~banned).nonzero()[0]))  # any allowed word
+    return torch.where(mask, logp.gather(-1, safe[..., None]).squeeze(-1), 0.0).sum(1)
+
+
+def self_critical(log_prob: torch.Tensor, rewards: torch.Tensor, n_words: torch.Tensor
+                  ) -> torch.Tensor:
+    """Self-critical policy gradient (Rennie et al. 2017) with the baseline of Luo (2020):
+    each sampled caption's reward minus the mean reward of the other captions sampled for the
+    same image. ``log_prob`` (B*n,) are the captions' summed word log-probabilities, image-major;
+    ``rewards`` (B, n) with n >= 2. Divided by the number of words, as the cross-entropy is."""
+    n = rewards.shape[1]
+    if n < 2:
+        raise ValueError("self-critical training needs at least 2 samples per image")
+    baseline = (rewards.sum(1, keepdim=True) - rewards) / (n - 1)
+    advantage = (rewards - baseline).reshape(-1).to(log_prob)
+    return -(advantage * log_prob).sum() / n_words.clamp_min(1)

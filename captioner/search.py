@@ -42,7 +42,8 @@ def inference(fn):
     return wrapper
 
 
-def _banned_mask(vocab_size: int, allow_unk: bool, device) -> torch.Tensor:
+def banned_mask(vocab_size: int, allow_unk: bool = False, device=None) -> torch.Tensor:
+    """(V,) True for the words decoding never emits: <pad>, <start> and, unless allowed, <unk>."""
     banned = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     banned[[Vocabulary.pad_id, Vocabulary.start_id]] = True
     if not allow_unk:
@@ -68,7 +69,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     # the state has k rows per image (image-major); features and projected stay one per image
     state = state.select(torch.arange(b, device=device).repeat_interleave(k))
     vocab_size = decoder.L_o.out_features
-    banned = _banned_mask(vocab_size, allow_unk, device)
+    banned = banned_mask(vocab_size, allow_unk, device)
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
 
     scores = torch.full((b, k), float("-inf"), device=device)
@@ -145,7 +146,7 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_un
     b = features.shape[0]
     device = features.device
     projected, state = decoder.init(features)
-    banned = _banned_mask(decoder.L_o.out_features, allow_unk, device)
+    banned = banned_mask(decoder.L_o.out_features, allow_unk, device)
     words = torch.full((b,), Vocabulary.start_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(b, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -173,3 +174,45 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_un
         results.append(Hypothesis(seq[:n], float(log_prob[i]), float(log_prob[i]),
                                   alpha[i, :n].cpu(), True))
     return results
+
+
+@dataclass
+class Samples:
+    """Captions drawn from the model, ``n`` per image, image-major (rows i*n .. i*n+n-1 are
+    image i's)."""
+
+    tokens: torch.Tensor  # (B*n, T) word ids; <end> then <pad> after a caption's last word
+    lengths: torch.Tensor  # (B*n,) words, without <end>
+    forced_end: torch.Tensor  # (B*n,) True where max_len ran out and <end> was not drawn
+
+
+@inference
+def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20,
+           generator: torch.Generator | None = None, allow_unk: bool = False) -> Samples:
+    """Draw ``n`` captions per image of ``features`` (B, P, D) from the model's own word
+    distribution (eval mode, temperature 1; the words beam search never emits are banned, as
+    there). The n rows of an image share its features, as beam search's beams do."""
+    b = features.shape[0]
+    device = features.device
+    projected, state = decoder.init(features)
+    state = state.select(torch.arange(b, device=device).repeat_interleave(n))
+    banned = banned_mask(decoder.L_o.out_features, allow_unk, device)
+    end, pad = Vocabulary.end_id, Vocabulary.pad_id
+    words = torch.full((b * n,), Vocabulary.start_id, dtype=torch.long, device=device)
+    done = torch.zeros(b * n, dtype=torch.bool, device=device)
+    steps = []
+    for t in range(max_len):
+        out = decoder.step(features, projected, state, words)
+        probs = torch.softmax(out.logits.float().masked_fill(banned, float("-inf")), -1)
+        words = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        steps.append(torch.where(done, pad, words))
+        done |= words == end
+        state = out.state
+        if bool(done.all()):
+            break
+    tokens = torch.stack(steps, 1)
+    lengths = torch.where(done, (tokens == end).int().argmax(1), tokens.shape[1])
+    if not bool(done.all()):  # room for the forced <end>
+        tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], pad)], 1)
+    tokens[torch.arange(b * n, device=device), lengths] = end
+    return Samples(tokens, lengths, ~done)

@@ -21,12 +21,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig, TrainConfig
+from .config import OBJECTIVES, ModelConfig, TrainConfig
 from .data.prepared import CaptionPairs, PreparedData, collate
 from .errors import UserError
 from .evaluate import decode_split, score
-from .losses import caption_losses
+from .losses import caption_losses, self_critical, sequence_log_prob
 from .models.captioner import build_model
+from .rewards import CiderD
+from .search import banned_mask, sample
+from .vocab import Vocabulary
 
 
 class TrainingError(UserError):
@@ -115,6 +118,12 @@ class Trainer:
                  encoder_given: bool = True):
         if cfg.batch_by not in ("image", "caption"):
             raise TrainingError(f"--batch-by must be image or caption, not {cfg.batch_by!r}")
+        if cfg.objective not in OBJECTIVES:
+            raise TrainingError(f"--objective must be one of {', '.join(OBJECTIVES)}, "
+                                f"not {cfg.objective!r}")
+        if cfg.objective == "scst" and (cfg.batch_by != "image" or cfg.scst_samples < 2):
+            raise TrainingError("--objective scst needs --batch-by image (an image's references "
+                                "score its samples) and --scst-samples >= 2")
         self.rank, self.world, self.device = _distributed()
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
@@ -179,6 +188,11 @@ class Trainer:
                                          self.config.preprocess)
         if cfg.batch_by == "caption":
             self.dataset = CaptionPairs(self.dataset)
+        self.reward = None
+        if cfg.objective == "scst":  # document frequencies from all training references
+            self.reward = CiderD([[c.split() for c in e["captions"]]
+                                  for e in self.dataset.entries])
+            self.banned = banned_mask(self.config.vocab_size, device=self.device)
         self.writer = None
         if cfg.logdir and self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -228,6 +242,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def train_step(self, batch) -> dict[str, float]:
+        if self.reward is not None:
+            return self.scst_step(batch)
         cfg, model = self.cfg, self.model
         inputs = batch.inputs.to(self.device, non_blocking=True)
         amp = cfg.amp and self.device.type == "cuda"
@@ -237,19 +253,56 @@ class Trainer:
         out.logits = out.logits.float()
         baseline = getattr(model.decoder.attention, "baseline", None)
         terms, new_baseline = caption_losses(out, self.config, baseline, cfg.label_smoothing)
-        total = terms["total"]
+        self._descend(terms["total"])
+        if new_baseline is not None:
+            model.decoder.attention.baseline.copy_(new_baseline)
+        return {k: float(v.detach()) for k, v in terms.items()}
+
+    def scst_step(self, batch) -> dict[str, float]:
+        """Self-critical step: draw ``scst_samples`` captions per image, reward each with
+        CIDEr-D against the image's references, and raise the log-probability of those that
+        beat their siblings' mean. Dropout is off throughout, so the gradient is of the same
+        distribution the captions were drawn from (hard attention: its inference-time context,
+        no sampled locations)."""
+        cfg, model, n = self.cfg, self.model, self.cfg.scst_samples
+        inputs = batch.inputs.to(self.device, non_blocking=True)
+        model.eval()
+        try:
+            with torch.no_grad():
+                features = model.encode(inputs) if inputs.dim() == 4 else inputs
+            drawn = sample(model.decoder, features, n, self.config.max_len, self.generator)
+            words = [self.data.vocab.decode(row[:k]) for row, k in
+                     zip(drawn.tokens.tolist(), drawn.lengths.tolist())]
+            refs = [r for r in batch.references for _ in range(n)]
+            rewards = torch.tensor(self.reward.scores(words, refs)).view(-1, n)
+            start = torch.full_like(drawn.tokens[:, :1], Vocabulary.start_id)
+            amp = cfg.amp and self.device.type == "cuda"
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = self.ddp(inputs, torch.cat([start, drawn.tokens], 1), drawn.lengths + 2,
+                               torch.arange(len(inputs), device=self.device).repeat_interleave(n),
+                               self.generator)
+        finally:
+            model.train()
+        mask = out.mask.clone()
+        forced = drawn.forced_end.nonzero().flatten()
+        mask[forced, drawn.lengths[forced]] = False  # max_len's <end> was not drawn
+        log_prob = sequence_log_prob(out.logits, out.targets, mask, self.banned)
+        loss = self_critical(log_prob, rewards, mask.sum())
+        self._descend(loss)
+        return {"scst": float(loss.detach()), "reward": float(rewards.mean()),
+                "total": float(loss.detach())}
+
+    def _descend(self, total: torch.Tensor) -> None:
+        """Backpropagate ``total`` and take an optimizer step; a non-finite loss stops."""
         if not torch.isfinite(total):
             raise TrainingError(f"loss became {total.item()} at step {self.state['step']}; "
                                 f"stopped, {self.run_dir / 'last.safetensors'} is the last good "
                                 "checkpoint (try a lower --lr)")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        if new_baseline is not None:
-            model.decoder.attention.baseline.copy_(new_baseline)
-        return {k: float(v.detach()) for k, v in terms.items()}
 
     def validate(self) -> dict[str, float]:
         """Decoded-caption BLEU on val (rank 0), shared with every rank."""

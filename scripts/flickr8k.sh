@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Reproduce the Flickr8k results: prepare features, train soft and hard attention, evaluate on
-# val with beam search, write a results table.
+# Reproduce the Flickr8k results: prepare features, train soft and hard attention, fine-tune the
+# soft model with self-critical training, evaluate on val, write a results table.
 #   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
 #          and images/; e.g. ../shared/data/flickr8k)
 # Uses the GPU when there is one (prepare and train). Wall time: on one H200 GPU about 1 min to
-# prepare and ~4 min per model; on 2 CPU cores 30 min to prepare and ~40 min per model (~2 h).
+# prepare and ~4 min per model; on 2 CPU cores 30 min to prepare, ~40 min per model and ~50 min
+# of self-critical training (~3 h in all).
 # Flickr8k is for research use only: nothing it makes belongs in git.
 set -euo pipefail
 DATA=${1:?usage: flickr8k.sh DATA_DIR OUT_DIR}
@@ -17,6 +18,10 @@ EPOCHS=${EPOCHS:-8}
 BEAM=${BEAM:-5}
 LENGTH_PENALTY=${LENGTH_PENALTY:-0.5}
 TRAIN_FLAGS=${TRAIN_FLAGS:-"--alpha-c 0 --lr 4e-4"}
+SCST_EPOCHS=${SCST_EPOCHS:-6}
+SCST_FLAGS=${SCST_FLAGS:-"--objective scst --lr 1e-4"}
+SCST_BEAM=${SCST_BEAM:-1}   # after SCST greedy decoding scored best (README)
+SCST_LENGTH_PENALTY=${SCST_LENGTH_PENALTY:-0}
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 CAP=.venv/bin/captioner
@@ -26,24 +31,35 @@ if [ ! -f "$OUT/data/meta.json" ]; then
   $CAP prepare karpathy --json "$DATA/dataset_flickr8k.json" --images "$DATA/images" \
       --out "$OUT/data" $FEATURES --min-count 5
 fi
-for ATT in soft hard; do
-  if [ ! -f "$OUT/$ATT/done" ]; then   # a killed run resumes where it stopped
-    RESUME=()
-    [ -f "$OUT/$ATT/last.safetensors" ] && RESUME=(--resume)
-    $CAP train --data "$OUT/data" --out "$OUT/$ATT" --attention "$ATT" --epochs "$EPOCHS" \
-        $TRAIN_FLAGS ${RESUME[@]+"${RESUME[@]}"}
-    date > "$OUT/$ATT/done"
+# train RUN_NAME FLAGS...: train into $OUT/RUN_NAME unless it finished; a killed run resumes
+train() {
+  local run=$1; shift
+  if [ ! -f "$OUT/$run/done" ]; then
+    local resume=()
+    [ -f "$OUT/$run/last.safetensors" ] && resume=(--resume)
+    $CAP train --data "$OUT/data" --out "$OUT/$run" "$@" ${resume[@]+"${resume[@]}"}
+    date > "$OUT/$run/done"
   fi
-  $CAP evaluate --model "$OUT/$ATT/best.safetensors" --data "$OUT/data" --split val \
-      --beam-size "$BEAM" --length-penalty "$LENGTH_PENALTY" \
-      --results "$OUT/$ATT/val_results.json" --metrics "$OUT/$ATT/val_metrics.json"
+}
+# evaluate RUN_NAME BEAM LENGTH_PENALTY: its best checkpoint on val
+evaluate() {
+  $CAP evaluate --model "$OUT/$1/best.safetensors" --data "$OUT/data" --split val \
+      --beam-size "$2" --length-penalty "$3" \
+      --results "$OUT/$1/val_results.json" --metrics "$OUT/$1/val_metrics.json"
+}
+for ATT in soft hard; do
+  train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $TRAIN_FLAGS
+  evaluate "$ATT" "$BEAM" "$LENGTH_PENALTY"
 done
+# self-critical fine-tuning of the soft model on CIDEr-D (Rennie et al. 2017)
+train soft_scst --init "$OUT/soft/best.safetensors" --epochs "$SCST_EPOCHS" $SCST_FLAGS
+evaluate soft_scst "$SCST_BEAM" "$SCST_LENGTH_PENALTY"
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
 out, seconds = sys.argv[1], int(sys.argv[2])
 rows = ["| model | B-1 | B-2 | B-3 | B-4 | METEOR | ROUGE-L | CIDEr | attention entropy / log P | distinct captions | words used |",
         "|---|---|---|---|---|---|---|---|---|---|---|"]
-for att in ("soft", "hard"):
+for att in ("soft", "hard", "soft_scst"):
     m = json.load(open(f"{out}/{att}/val_metrics.json"))
     g = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"
     rows.append(f"| {att} (beam {int(m['beam_size'])}, length penalty {m['length_penalty']:g}) | "

