@@ -16,7 +16,8 @@ from conftest import tiny_config
 
 # Encoders whose forward runs here in seconds; the torchvision ones (ResNet-50/101/152, VGG-16)
 # are checked for their blocks and feature size below, their forward is too slow for the suite.
-FAST_ENCODERS = ["efficientnet_lite0", "efficientnet_lite0_s16", "tiny"]
+FAST_ENCODERS = ["efficientnet_lite0", "efficientnet_lite0_s16", "efficientnet_lite1",
+                 "efficientnet_lite2", "tiny"]
 
 
 def _batch(vocab=20, n=4, max_len=7, seed=0):
