@@ -15,11 +15,17 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tenso
     return F.cross_entropy(logits[mask], targets[mask], label_smoothing=label_smoothing)
 
 
-def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
-                           ) -> torch.Tensor:
-    """log p(y | a) of each caption, summed over its words: (B, T, V) -> (B,)."""
+def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                           banned: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(y | a) of each caption, summed over its words: (B, T, V) -> (B,). With ``banned``
+    (V,), those words get no probability and the rest is renormalised, as when decoding
+    samples; positions where ``mask`` is False add nothing."""
+    logits = logits.float()
+    if banned is not None:
+        logits = logits.masked_fill(banned, float("-inf"))
+        targets = targets.masked_fill(~mask, int((~banned).nonzero()[0]))  # any allowed word
     logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-    return (logp * mask).sum(1)
+    return torch.where(mask, logp, 0.0).sum(1)
 
 
 def doubly_stochastic(alpha: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
@@ -75,16 +81,6 @@ def caption_losses(output: DecoderOutput, config: ModelConfig,
         terms.update(extra)
     terms["total"] = sum(terms.values())
     return terms, baseline
-
-
-def sequence_log_prob(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                      banned: torch.Tensor) -> torch.Tensor:
-    """log p of each caption (B,) under the decoding distribution: the ``banned`` (V,) words
-    get no probability (as when sampling), the rest is renormalised; positions where ``mask``
-    is False add nothing."""
-    logp = torch.log_softmax(logits.float().masked_fill(banned, float("-inf")), -1)
-    safe = targets.masked_fill(~mask, int((~banned).nonzero()[0]))  # any allowed word
-    return torch.where(mask, logp.gather(-1, safe[..., None]).squeeze(-1), 0.0).sum(1)
 
 
 def self_critical(log_prob: torch.Tensor, rewards: torch.Tensor, n_words: torch.Tensor

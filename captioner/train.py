@@ -25,7 +25,7 @@ from .config import OBJECTIVES, ModelConfig, TrainConfig
 from .data.prepared import CaptionPairs, PreparedData, collate
 from .errors import UserError
 from .evaluate import decode_split, score
-from .losses import caption_losses, self_critical, sequence_log_prob
+from .losses import caption_log_likelihood, caption_losses, self_critical
 from .models.captioner import build_model
 from .rewards import CiderD
 from .search import banned_mask, sample
@@ -246,8 +246,7 @@ class Trainer:
             return self.scst_step(batch)
         cfg, model = self.cfg, self.model
         inputs = batch.inputs.to(self.device, non_blocking=True)
-        amp = cfg.amp and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with self._autocast():
             out = self.ddp(inputs, batch.captions.to(self.device), batch.lengths,
                            batch.image_index.to(self.device), self.generator)
         out.logits = out.logits.float()
@@ -264,7 +263,7 @@ class Trainer:
         beat their siblings' mean. Dropout is off throughout, so the gradient is of the same
         distribution the captions were drawn from (hard attention: its inference-time context,
         no sampled locations)."""
-        cfg, model, n = self.cfg, self.model, self.cfg.scst_samples
+        model, n = self.model, self.cfg.scst_samples
         inputs = batch.inputs.to(self.device, non_blocking=True)
         model.eval()
         try:
@@ -276,9 +275,10 @@ class Trainer:
             refs = [r for r in batch.references for _ in range(n)]
             rewards = torch.tensor(self.reward.scores(words, refs)).view(-1, n)
             start = torch.full_like(drawn.tokens[:, :1], Vocabulary.start_id)
-            amp = cfg.amp and self.device.type == "cuda"
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                out = self.ddp(inputs, torch.cat([start, drawn.tokens], 1), drawn.lengths + 2,
+            # a frozen encoder's features are reused; a trained one encodes again with gradients
+            source = inputs if model.encoder.trainable else features
+            with self._autocast():
+                out = self.ddp(source, torch.cat([start, drawn.tokens], 1), drawn.lengths + 2,
                                torch.arange(len(inputs), device=self.device).repeat_interleave(n),
                                self.generator)
         finally:
@@ -286,11 +286,16 @@ class Trainer:
         mask = out.mask.clone()
         forced = drawn.forced_end.nonzero().flatten()
         mask[forced, drawn.lengths[forced]] = False  # max_len's <end> was not drawn
-        log_prob = sequence_log_prob(out.logits, out.targets, mask, self.banned)
+        log_prob = caption_log_likelihood(out.logits, out.targets, mask, self.banned)
         loss = self_critical(log_prob, rewards, mask.sum())
         self._descend(loss)
         return {"scst": float(loss.detach()), "reward": float(rewards.mean()),
                 "total": float(loss.detach())}
+
+    def _autocast(self):
+        """bfloat16 autocast when --amp is on and training runs on CUDA, else a no-op."""
+        return torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=self.cfg.amp and self.device.type == "cuda")
 
     def _descend(self, total: torch.Tensor) -> None:
         """Backpropagate ``total`` and take an optimizer step; a non-finite loss stops."""

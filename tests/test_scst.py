@@ -9,7 +9,7 @@ import torch
 
 from captioner.config import TrainConfig
 from captioner.data.prepared import PreparedData, collate
-from captioner.losses import self_critical, sequence_log_prob
+from captioner.losses import caption_log_likelihood, self_critical
 from captioner.models import build_model
 from captioner.rewards import CiderD
 from captioner.search import banned_mask, sample
@@ -109,7 +109,7 @@ def test_the_teacher_forced_log_prob_of_a_sample_is_the_one_it_was_drawn_with():
     with torch.no_grad():
         out = model.decoder(feats, torch.cat([start, drawn.tokens], 1), drawn.lengths + 2,
                             image_index=torch.arange(2).repeat_interleave(3))
-        got = sequence_log_prob(out.logits, out.targets, out.mask, banned_mask(7))
+        got = caption_log_likelihood(out.logits, out.targets, out.mask, banned_mask(7))
     dec, banned = model.decoder, banned_mask(7)
     for i in range(6):  # step the decoder along sample i and add up the sampling log-probs
         with torch.no_grad():
