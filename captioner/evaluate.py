@@ -35,10 +35,12 @@ def split_loader(model: CaptionModel, data: PreparedData, split: str, batch_size
 def decode_split(model: CaptionModel, vocab: Vocabulary, data: PreparedData, split: str,
                  beam_size: int = 3, length_penalty: float = 0.0, max_images: int = 0,
                  batch_size: int = 50, progress: bool = False) -> list[Prediction]:
-    """Caption every image of ``split`` with beam search; one Prediction per image."""
+    """Caption every image of ``split`` with beam search (ending only on the vocabulary's
+    endings, when it has them); one Prediction per image."""
     device = next(model.parameters()).device
     loader = split_loader(model, data, split, batch_size, max_images=max_images)
     entries = data.manifest(split)
+    no_end_after = vocab.no_end_after()
     predictions = []
     was_training = model.training
     model.eval()
@@ -48,7 +50,7 @@ def decode_split(model: CaptionModel, vocab: Vocabulary, data: PreparedData, spl
                 inputs = batch.inputs.to(device)
                 features = inputs if loader.use_features else model.encode(inputs)
             hyps = beam_search(model.decoder, features, beam_size, model.config.max_len,
-                               length_penalty=length_penalty)
+                               length_penalty=length_penalty, no_end_after=no_end_after)
             for i, h in enumerate(hyps):
                 best = h[0]
                 predictions.append(Prediction(batch.image_ids[i], vocab.decode(best.tokens),

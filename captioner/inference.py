@@ -82,7 +82,8 @@ class Captioner:
         with torch.inference_mode():
             features = self.model.encode(images.to(self.device))
         hyps = beam_search(self.model.decoder, features, beam_size, self.model.config.max_len,
-                           n_best=n_best, length_penalty=length_penalty)
+                           n_best=n_best, length_penalty=length_penalty,
+                           no_end_after=self.vocab.no_end_after())
         grid = self.model.config.grid_size
         return [[Caption(" ".join(words := self.vocab.decode(h.tokens)), words, h.score,
                          h.log_prob, h.alpha, grid) for h in per_image] for per_image in hyps]

@@ -7,6 +7,7 @@ over images or beams.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,16 +52,28 @@ def banned_mask(vocab_size: int, allow_unk: bool = False, device=None) -> torch.
     return banned
 
 
+def _end_blocked(vocab_size: int, no_end_after: Sequence[int] | None, device=None
+                ) -> torch.Tensor | None:
+    """(V,) True for the words after which <end> is not allowed; None when there are none."""
+    if not no_end_after:
+        return None
+    blocked = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    blocked[list(no_end_after)] = True
+    return blocked
+
+
 @inference
 def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, max_len: int = 20,
-                n_best: int = 1, length_penalty: float = 0.0, allow_unk: bool = False
-                ) -> list[list[Hypothesis]]:
+                n_best: int = 1, length_penalty: float = 0.0, allow_unk: bool = False,
+                no_end_after: Sequence[int] | None = None) -> list[list[Hypothesis]]:
     """Beam search for every image of ``features`` (B, P, D) at once.
 
     Returns, per image, up to ``n_best`` hypotheses best first, ranked by
     log_prob / length ** length_penalty (0: plain log-probability). Captions have at most
     ``max_len`` words: at that length ``<end>`` is the only choice left. ``<unk>`` is never
-    generated unless ``allow_unk``. An image whose beams have all ended stops being computed.
+    generated unless ``allow_unk``. No caption ends right after a word of ``no_end_after``
+    (``Vocabulary.no_end_after``: no "a man on a") unless max_len ends it. An image whose beams
+    have all ended stops being computed.
     """
     b, p, _ = features.shape
     k = beam_size
@@ -70,6 +83,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     state = state.select(torch.arange(b, device=device).repeat_interleave(k))
     vocab_size = decoder.L_o.out_features
     banned = banned_mask(vocab_size, allow_unk, device)
+    blocked = _end_blocked(vocab_size, no_end_after, device)
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
 
     scores = torch.full((b, k), float("-inf"), device=device)
@@ -87,6 +101,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     for t in range(max_len + 1):
         out = decoder.step(features, projected, state, words)
         logp = torch.log_softmax(out.logits.float(), -1).masked_fill(banned, float("-inf"))
+        if blocked is not None and t < max_len:
+            logp[:, end] = logp[:, end].masked_fill(blocked[words], float("-inf"))
         if t == max_len:  # no room for another word
             logp = torch.where(torch.arange(vocab_size, device=device) == end, logp,
                                torch.full_like(logp, float("-inf")))
@@ -140,13 +156,16 @@ def _hypotheses(tokens, alphas, scores, finished, n_best, length_penalty) -> lis
 
 
 @inference
-def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_unk: bool = False
-           ) -> list[Hypothesis]:
-    """Pick the most likely word at every step, for all images of ``features`` at once."""
+def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_unk: bool = False,
+           no_end_after: Sequence[int] | None = None) -> list[Hypothesis]:
+    """Pick the most likely word at every step, for all images of ``features`` at once (the
+    same constraints as ``beam_search``)."""
     b = features.shape[0]
     device = features.device
     projected, state = decoder.init(features)
     banned = banned_mask(decoder.L_o.out_features, allow_unk, device)
+    blocked = _end_blocked(decoder.L_o.out_features, no_end_after, device)
+    end = Vocabulary.end_id
     words = torch.full((b,), Vocabulary.start_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(b, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -154,8 +173,10 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_un
     for t in range(max_len + 1):
         out = decoder.step(features, projected, state, words)
         logp = torch.log_softmax(out.logits.float(), -1).masked_fill(banned, float("-inf"))
+        if blocked is not None and t < max_len:
+            logp[:, end] = logp[:, end].masked_fill(blocked[words], float("-inf"))
         if t == max_len:
-            words = torch.full_like(words, Vocabulary.end_id)
+            words = torch.full_like(words, end)
         else:
             words = logp.argmax(-1)
         log_prob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))

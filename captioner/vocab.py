@@ -30,15 +30,20 @@ def tokenize(text: str) -> list[str]:
 
 
 class Vocabulary:
-    """Word <-> id mapping with the four special tokens at ids 0-3."""
+    """Word <-> id mapping with the four special tokens at ids 0-3, and the words a caption may
+    end on."""
 
-    def __init__(self, words: Sequence[str]):
+    def __init__(self, words: Sequence[str], endings: Iterable[str] | None = None):
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise ValueError(f"a vocabulary must start with {SPECIALS}")
         self.itos: list[str] = list(words)
         self.stoi: dict[str, int] = {w: i for i, w in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise ValueError("vocabulary words must be unique")
+        # None: a vocabulary from before these were recorded, any word may end a caption
+        self.endings: frozenset[str] | None = None if endings is None else frozenset(endings)
+        if self.endings is not None and not self.endings <= self.stoi.keys():
+            raise ValueError("vocabulary endings must be vocabulary words")
 
     pad_id, start_id, end_id, unk_id = 0, 1, 2, 3
 
@@ -49,16 +54,28 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and self.itos == other.itos
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> "Vocabulary":
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5,
+              min_end_share: float = 0.01) -> "Vocabulary":
         """Build from tokenized captions, keeping words seen at least ``min_count`` times.
 
         Words are ordered by descending count, then alphabetically, so the result is
-        deterministic.
+        deterministic. The endings are the kept words that end at least ``min_end_share`` of
+        their occurrences: "dog", "grass", "water", but not "a", "of" or "red".
         """
+        captions = [list(caption) for caption in captions]
         counts = Counter(tok for caption in captions for tok in caption)
+        last = Counter(caption[-1] for caption in captions if caption)
         kept = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
                       key=lambda w: (-counts[w], w))
-        return cls([*SPECIALS, *kept])
+        return cls([*SPECIALS, *kept], [w for w in kept if last[w] >= min_end_share * counts[w]])
+
+    def no_end_after(self) -> list[int] | None:
+        """Ids after which decoding may not end a caption: ``<start>`` (an empty caption) and
+        the words that are not endings. None when the vocabulary has no endings recorded."""
+        if self.endings is None:
+            return None
+        return [self.start_id] + [i for i, w in enumerate(self.itos[len(SPECIALS):], len(SPECIALS))
+                                  if w not in self.endings]
 
     def encode(self, tokens: Sequence[str], max_len: int | None = None) -> list[int]:
         """``<start> w1 .. wn <end>`` as ids, unknown words as ``<unk>``, at most max_len words."""
@@ -79,11 +96,15 @@ class Vocabulary:
         return words
 
     def to_json(self) -> str:
-        return json.dumps({"words": self.itos})
+        data: dict = {"words": self.itos}
+        if self.endings is not None:
+            data["endings"] = sorted(self.endings, key=self.stoi.__getitem__)
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> "Vocabulary":
-        return cls(json.loads(text)["words"])
+        data = json.loads(text)
+        return cls(data["words"], data.get("endings"))
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.to_json())

@@ -142,3 +142,25 @@ def test_search_restores_the_training_flag_and_needs_no_grad():
     feats = torch.randn(1, 16, model.config.feature_dim, requires_grad=True)
     beam_search(model.decoder, feats, beam_size=2, max_len=3)
     assert model.decoder.training
+
+
+def test_no_caption_ends_right_after_a_blocked_word():
+    model = _model(vocab=12)
+    with torch.no_grad():
+        model.decoder.L_o.bias[END] += 4.0  # some captions end early
+    feats = torch.randn(6, 16, model.config.feature_dim, generator=torch.Generator().manual_seed(3))
+    plain = beam_search(model.decoder, feats, beam_size=3, max_len=6, n_best=3)
+    same = beam_search(model.decoder, feats, beam_size=3, max_len=6, n_best=3, no_end_after=[])
+    assert [[(h.tokens, h.score) for h in hs] for hs in same] == \
+        [[(h.tokens, h.score) for h in hs] for hs in plain]  # nothing blocked: unchanged
+    # block the words the unconstrained captions end on before max_len, and an empty caption
+    early = {h.tokens[-1] for hs in plain for h in hs if 0 < len(h.tokens) < 6}
+    early |= {h.tokens[-1] for h in greedy(model.decoder, feats, max_len=6) if 0 < len(h.tokens) < 6}
+    assert early, "the test needs captions that end early"
+    blocked = sorted(early) + [Vocabulary.start_id]
+    for hyps in (beam_search(model.decoder, feats, beam_size=3, max_len=6, n_best=3,
+                             no_end_after=blocked),
+                 [[h] for h in greedy(model.decoder, feats, max_len=6, no_end_after=blocked)]):
+        for h in (h for hs in hyps for h in hs):
+            assert h.tokens, "an empty caption was produced"
+            assert h.tokens[-1] not in blocked or len(h.tokens) == 6  # only max_len may force it

@@ -119,3 +119,23 @@ def test_tokenizer_needs_no_nltk_data(monkeypatch):
     monkeypatch.setattr(nltk.data, "find", refuse)
     monkeypatch.setattr(nltk.data, "path", [])
     assert tokenize("A man rides a horse.") == ["a", "man", "rides", "a", "horse"]
+
+
+def test_endings_are_the_words_that_end_captions():
+    # "dog" ends 1 of its 3 uses, "sits" 2 of 2, "runs" 1 of 1; "a" and "the" never end one
+    vocab = Vocabulary.build(CAPTIONS, min_count=1)
+    assert vocab.endings == {"dog", "sits", "runs"}
+    blocked = {vocab.itos[i] for i in vocab.no_end_after()}
+    assert blocked == {START, "a", "cat", "the"}
+    strict = Vocabulary.build(CAPTIONS, min_count=1, min_end_share=0.5)
+    assert strict.endings == {"sits", "runs"}  # "dog" ends only a third of its uses
+
+
+def test_endings_survive_the_json_round_trip_and_old_files_have_none(tmp_path):
+    vocab = Vocabulary.build(CAPTIONS, min_count=1)
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again.endings == vocab.endings and again.no_end_after() == vocab.no_end_after()
+    old = Vocabulary.from_json(json.dumps({"words": vocab.itos}))  # written before endings
+    assert old == vocab and old.endings is None and old.no_end_after() is None
+    with pytest.raises(ValueError, match="endings"):
+        Vocabulary([*SPECIALS, "dog"], endings=["cat"])
