@@ -44,6 +44,7 @@ class Captioner:
     def __init__(self, model, vocab: Vocabulary, device: str | torch.device = "cpu"):
         self.model, self.vocab, self.device = model.to(device).eval(), vocab, torch.device(device)
         self.transform = build_transform(model.config.preprocess)
+        self.no_end_after = vocab.no_end_after()
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | None = None) -> "Captioner":
@@ -83,7 +84,7 @@ class Captioner:
             features = self.model.encode(images.to(self.device))
         hyps = beam_search(self.model.decoder, features, beam_size, self.model.config.max_len,
                            n_best=n_best, length_penalty=length_penalty,
-                           no_end_after=self.vocab.no_end_after())
+                           no_end_after=self.no_end_after)
         grid = self.model.config.grid_size
         return [[Caption(" ".join(words := self.vocab.decode(h.tokens)), words, h.score,
                          h.log_prob, h.alpha, grid) for h in per_image] for per_image in hyps]

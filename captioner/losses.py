@@ -23,7 +23,7 @@ def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: to
     logits = logits.float()
     if banned is not None:
         logits = logits.masked_fill(banned, float("-inf"))
-        targets = targets.masked_fill(~mask, int((~banned).nonzero()[0]))  # any allowed word
+        targets = targets.masked_fill(~mask, (~banned).int().argmax())  # any allowed word
     logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
     return torch.where(mask, logp, 0.0).sum(1)
 

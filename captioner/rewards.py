@@ -63,8 +63,8 @@ class CiderD:
             vec_r, norm_r, length_r = self._reference(ref)
             penalty = math.exp(-((length - length_r) ** 2) / (2 * self.sigma ** 2))
             for k in range(self.n):
-                dot = sum(min(w, vec_r[k].get(g, 0.0)) * vec_r[k].get(g, 0.0)
-                          for g, w in vec[k].items())
+                ref_k = vec_r[k]
+                dot = sum(min(w, r) * r for g, w in vec[k].items() if (r := ref_k.get(g, 0.0)))
                 if norm[k] and norm_r[k]:
                     dot /= norm[k] * norm_r[k]
                 total += dot * penalty

@@ -43,23 +43,31 @@ def inference(fn):
     return wrapper
 
 
+def _id_mask(vocab_size: int, ids: Sequence[int], device=None) -> torch.Tensor:
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[list(ids)] = True
+    return mask
+
+
 def banned_mask(vocab_size: int, allow_unk: bool = False, device=None) -> torch.Tensor:
     """(V,) True for the words decoding never emits: <pad>, <start> and, unless allowed, <unk>."""
-    banned = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    banned[[Vocabulary.pad_id, Vocabulary.start_id]] = True
-    if not allow_unk:
-        banned[Vocabulary.unk_id] = True
-    return banned
+    never = [Vocabulary.pad_id, Vocabulary.start_id] + ([] if allow_unk else [Vocabulary.unk_id])
+    return _id_mask(vocab_size, never, device)
 
 
-def _end_blocked(vocab_size: int, no_end_after: Sequence[int] | None, device=None
-                ) -> torch.Tensor | None:
-    """(V,) True for the words after which <end> is not allowed; None when there are none."""
-    if not no_end_after:
-        return None
-    blocked = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    blocked[list(no_end_after)] = True
-    return blocked
+def _next_word_log_probs(logits: torch.Tensor, words: torch.Tensor, t: int, max_len: int,
+                         banned: torch.Tensor, blocked: torch.Tensor | None) -> torch.Tensor:
+    """log p(next word) of each row with the decoding constraints applied: no ``banned`` word,
+    no <end> right after a ``blocked`` previous word, and only <end> once max_len words are in."""
+    end = Vocabulary.end_id
+    logp = torch.log_softmax(logits.float(), -1).masked_fill(banned, float("-inf"))
+    if t == max_len:  # no room for another word
+        only_end = torch.full_like(logp, float("-inf"))
+        only_end[:, end] = logp[:, end]
+        return only_end
+    if blocked is not None:
+        logp[:, end] = logp[:, end].masked_fill(blocked[words], float("-inf"))
+    return logp
 
 
 @inference
@@ -83,7 +91,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     state = state.select(torch.arange(b, device=device).repeat_interleave(k))
     vocab_size = decoder.L_o.out_features
     banned = banned_mask(vocab_size, allow_unk, device)
-    blocked = _end_blocked(vocab_size, no_end_after, device)
+    blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
 
     scores = torch.full((b, k), float("-inf"), device=device)
@@ -100,12 +108,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
 
     for t in range(max_len + 1):
         out = decoder.step(features, projected, state, words)
-        logp = torch.log_softmax(out.logits.float(), -1).masked_fill(banned, float("-inf"))
-        if blocked is not None and t < max_len:
-            logp[:, end] = logp[:, end].masked_fill(blocked[words], float("-inf"))
-        if t == max_len:  # no room for another word
-            logp = torch.where(torch.arange(vocab_size, device=device) == end, logp,
-                               torch.full_like(logp, float("-inf")))
+        logp = _next_word_log_probs(out.logits, words, t, max_len, banned, blocked)
         logp = logp.view(b, k, vocab_size)
         logp = torch.where(finished[..., None], carry, logp)
         candidates = (scores[..., None] + logp).view(b, k * vocab_size)
@@ -163,22 +166,17 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_un
     b = features.shape[0]
     device = features.device
     projected, state = decoder.init(features)
-    banned = banned_mask(decoder.L_o.out_features, allow_unk, device)
-    blocked = _end_blocked(decoder.L_o.out_features, no_end_after, device)
-    end = Vocabulary.end_id
+    vocab_size = decoder.L_o.out_features
+    banned = banned_mask(vocab_size, allow_unk, device)
+    blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
     words = torch.full((b,), Vocabulary.start_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(b, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     steps, alphas = [], []
     for t in range(max_len + 1):
         out = decoder.step(features, projected, state, words)
-        logp = torch.log_softmax(out.logits.float(), -1).masked_fill(banned, float("-inf"))
-        if blocked is not None and t < max_len:
-            logp[:, end] = logp[:, end].masked_fill(blocked[words], float("-inf"))
-        if t == max_len:
-            words = torch.full_like(words, end)
-        else:
-            words = logp.argmax(-1)
+        logp = _next_word_log_probs(out.logits, words, t, max_len, banned, blocked)
+        words = logp.argmax(-1)  # <end> once max_len words are in
         log_prob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
         steps.append(torch.where(done, Vocabulary.pad_id, words))
         alphas.append(out.alpha)
