@@ -75,7 +75,8 @@ def train(args) -> int:
     result = run_train(model_config, train_config, args.resume, encoder_given)
     if result.rank == 0:
         print(f"trained {result.step} steps ({result.epoch} epochs, stopped by {result.stopped}); "
-              f"best val BLEU-4 {result.best_bleu4:.4f}; checkpoints in {result.run_dir}")
+              f"best val {result.select_by} {result.best_score:.4f}; "
+              f"checkpoints in {result.run_dir}")
     return 0
 
 

@@ -24,6 +24,7 @@ class Preprocess:
         return self.crop or self.resize
 
 
+SELECT_METRICS = ("BLEU-4", "CIDEr-D")  # scores of the decoded val captions (nltk BLEU-4)
 OBJECTIVES = ("xe", "scst")  # cross-entropy (+ the paper's terms); self-critical CIDEr-D
 DEEP_OUTPUTS = ("linear", "tanh")  # eq. 7 as printed, or with the tanh of the authors' code
 
@@ -86,9 +87,11 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the cross-entropy targets (0: the paper's plain -log p)
     objective: str = "xe"  # one of OBJECTIVES: the paper's likelihood, or self-critical CIDEr-D
     scst_samples: int = 5  # captions drawn per image by "scst"
-    lr_decay: float = 0.8  # ReduceLROnPlateau factor on validation BLEU-4
+    select_by: str = "BLEU-4"  # one of SELECT_METRICS: the validation score that keeps
+    # best.safetensors, decays the learning rate and stops early
+    lr_decay: float = 0.8  # ReduceLROnPlateau factor on that score
     lr_patience: int = 2
-    early_stop: int = 6  # epochs without a better validation BLEU-4
+    early_stop: int = 6  # epochs without a better validation score
     val_beam_size: int = 1
     val_max_images: int = 0  # 0: the whole validation split
     save_every: int = 200  # steps between "last" checkpoints

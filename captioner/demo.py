@@ -55,8 +55,8 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
         resume = (run_dir / "last.safetensors").exists()
         result = train(replace(DEMO_MODEL, attention=attention), cfg, resume=resume,
                        encoder_given=True)
-        print(f"      {result.step} steps, {result.epoch} epochs, best val BLEU-4 "
-              f"{result.best_bleu4:.3f}")
+        print(f"      {result.step} steps, {result.epoch} epochs, best val "
+              f"{result.select_by} {result.best_score:.3f}")
     print("[3/4] evaluating on the test split (beam 3)")
     cap = Captioner.load(best)
     data = PreparedData(data_dir)

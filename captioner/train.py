@@ -1,7 +1,8 @@
 """The training loop: single process or DistributedDataParallel (torchrun), resumable exactly.
 
 Run folder: ``last.safetensors`` (model + full training state, every ``save_every`` steps and
-each epoch), ``best.safetensors`` (best validation BLEU-4, model only), ``metrics.jsonl``.
+each epoch), ``best.safetensors`` (best validation score, ``--select-by``; model only),
+``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import OBJECTIVES, ModelConfig, TrainConfig
+from .config import OBJECTIVES, SELECT_METRICS, ModelConfig, TrainConfig
 from .data.prepared import CaptionPairs, PreparedData, collate
 from .errors import UserError
 from .evaluate import decode_split, score
@@ -40,7 +41,8 @@ class TrainingError(UserError):
 class TrainResult:
     step: int
     epoch: int
-    best_bleu4: float
+    best_score: float  # the best validation score (``select_by``)
+    select_by: str
     run_dir: Path
     stopped: str  # "epochs", "max_steps" (also a --max-minutes stop), "early_stop"
     rank: int = 0  # this process's rank under torchrun
@@ -121,6 +123,9 @@ class Trainer:
         if cfg.objective not in OBJECTIVES:
             raise TrainingError(f"--objective must be one of {', '.join(OBJECTIVES)}, "
                                 f"not {cfg.objective!r}")
+        if cfg.select_by not in SELECT_METRICS:
+            raise TrainingError(f"--select-by must be one of {', '.join(SELECT_METRICS)}, "
+                                f"not {cfg.select_by!r}")
         if cfg.objective == "scst" and (cfg.batch_by != "image" or cfg.scst_samples < 2):
             raise TrainingError("--objective scst needs --batch-by image (an image's references "
                                 "score its samples) and --scst-samples >= 2")
@@ -177,12 +182,14 @@ class Trainer:
         # draws of stochastic attention happen on the training device (a CUDA tensor cannot
         # be sampled with a CPU generator)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.state = {"step": 0, "epoch": 0, "batch": 0, "best_bleu4": -1.0, "bad_epochs": 0}
+        self.state = {"step": 0, "epoch": 0, "batch": 0, "best_score": -1.0, "bad_epochs": 0}
         if ckpt is not None:
             t = ckpt.train
             self.optimizer.load_state_dict(t["optimizer"])
             self.scheduler.load_state_dict(t["scheduler"])
             self.state = t["loop"]
+            if "best_bleu4" in self.state:  # a run saved before --select-by
+                self.state["best_score"] = self.state.pop("best_bleu4")
             _set_rng_state(t["rng"], self.generator)
         self.dataset = self.data.dataset("train", None if self.use_features else
                                          self.config.preprocess)
@@ -310,23 +317,27 @@ class Trainer:
         self.optimizer.step()
 
     def validate(self) -> dict[str, float]:
-        """Decoded-caption BLEU on val (rank 0), shared with every rank."""
+        """BLEU and CIDEr-D of the decoded val captions (rank 0), shared with every rank.
+        CIDEr-D's document frequencies come from the val references, as pycocoevalcap's."""
         metrics = {}
         if self.rank == 0 and "val" in self.data.meta["splits"]:
             preds = decode_split(self.model, self.data.vocab, self.data, "val",
                                  self.cfg.val_beam_size, max_images=self.cfg.val_max_images)
             metrics, _ = score(preds, coco=False)
+            refs = [p.references for p in preds]
+            cider = CiderD(refs).scores([p.words for p in preds], refs)
+            metrics["CIDEr-D"] = sum(cider) / len(cider)
         return _broadcast(metrics, self.world)
 
     def end_of_epoch(self, schedule: bool = True) -> bool:
         """Validate, keep the best, decay the learning rate (when ``schedule``); True when
         early stopping is due."""
         metrics = self.validate()
-        bleu4 = metrics.get("BLEU-4", 0.0)
+        value = metrics.get(self.cfg.select_by, 0.0)
         if schedule:
-            self.scheduler.step(bleu4)
-        if bleu4 > self.state["best_bleu4"]:
-            self.state["best_bleu4"], self.state["bad_epochs"] = bleu4, 0
+            self.scheduler.step(value)
+        if value > self.state["best_score"]:
+            self.state["best_score"], self.state["bad_epochs"] = value, 0
             self.save("best", with_train=False)
         elif schedule:
             self.state["bad_epochs"] += 1
@@ -381,13 +392,13 @@ class Trainer:
             self.save("last", with_train=True)
         bar.close()
         if stopped == "max_steps":
-            if st["batch"] or st["best_bleu4"] < 0:  # score the final weights too
+            if st["batch"] or st["best_score"] < 0:  # score the final weights too
                 self.end_of_epoch(schedule=False)
             self.save("last", with_train=True)
         if self.writer:
             self.writer.close()
-        return TrainResult(st["step"], st["epoch"], st["best_bleu4"], self.run_dir, stopped,
-                           self.rank)
+        return TrainResult(st["step"], st["epoch"], st["best_score"], cfg.select_by,
+                           self.run_dir, stopped, self.rank)
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, resume: bool = False,

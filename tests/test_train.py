@@ -177,7 +177,7 @@ def test_logdir_gets_tensorboard_scalars_and_the_run_gets_metrics_jsonl(shapes_d
 
     records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["step"] == 10 and "train/ce" in records[0]
-    assert "val/BLEU-4" in records[-1]
+    assert "val/BLEU-4" in records[-1] and records[-1]["val/CIDEr-D"] >= 0
 
 
 def test_init_starts_from_a_checkpoints_weights_with_a_fresh_optimizer(shapes_dir, tmp_path):
@@ -236,3 +236,33 @@ def test_label_smoothing_raises_the_loss_of_a_confident_correct_prediction():
     targets, mask = torch.tensor([[1, 2]]), torch.tensor([[True, True]])
     plain, smooth = cross_entropy(logits, targets, mask), cross_entropy(logits, targets, mask, 0.1)
     assert plain < 1e-6 and smooth > 1.0
+
+
+@pytest.mark.parametrize("select_by, best_epoch", [("BLEU-4", 1), ("CIDEr-D", 2)])
+def test_select_by_keeps_the_epoch_with_the_best_score_of_that_metric(
+        shapes_dir, tmp_path, monkeypatch, select_by, best_epoch):
+    import captioner.train as tr
+
+    scores = iter([{"BLEU-4": 0.5, "CIDEr-D": 0.1}, {"BLEU-4": 0.2, "CIDEr-D": 0.9},
+                   {"BLEU-4": 0.4, "CIDEr-D": 0.3}])
+    seen = []  # the decoder's weights at each validation
+
+    def scripted(self):
+        seen.append({k: v.clone() for k, v in self.model.decoder.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(tr.Trainer, "validate", scripted)
+    run = tmp_path / "run"
+    result = train(tiny_config(), _config(shapes_dir, run, batch_size=8, epochs=3,
+                                          select_by=select_by))
+    assert result.select_by == select_by and len(seen) == 3
+    assert result.best_score == {"BLEU-4": 0.5, "CIDEr-D": 0.9}[select_by]
+    best = load_checkpoint(run / "best.safetensors").weights
+    for k, v in seen[best_epoch - 1].items():
+        assert torch.equal(best[f"decoder.{k}"], v)
+    assert any(not torch.equal(best[f"decoder.{k}"], v) for k, v in seen[2].items())
+
+
+def test_an_unknown_select_by_metric_is_refused(shapes_dir, tmp_path):
+    with pytest.raises(TrainingError, match="--select-by must be one of BLEU-4, CIDEr-D"):
+        train(tiny_config(), _config(shapes_dir, tmp_path / "run", select_by="bleu"))
