@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from .data.prepared import PreparedData, collate
 from .fileio import atomic_write_json
-from .metrics import (AttentionCorrectnessEvaluator, BleuEvaluator, CocoEvaluator, Prediction,
-                      attention_entropy)
+from .metrics import (AttentionCorrectnessEvaluator, BleuEvaluator, CiderDEvaluator, CocoEvaluator,
+                      Prediction, attention_entropy)
 from .models.captioner import CaptionModel
 from .search import beam_search
 from .vocab import Vocabulary
@@ -64,10 +64,9 @@ def decode_split(model: CaptionModel, vocab: Vocabulary, data: PreparedData, spl
 def score(predictions: list[Prediction], coco: bool = True, meteor: bool = True
           ) -> tuple[dict[str, float], list[dict]]:
     """All metrics for decoded captions, and the COCO results list."""
-    evaluators = [BleuEvaluator(), AttentionCorrectnessEvaluator()]
     coco_eval = CocoEvaluator(meteor) if coco else None
-    if coco_eval:
-        evaluators.append(coco_eval)
+    # without pycocoevalcap's scorers, its CIDEr-D computed in process
+    evaluators = [BleuEvaluator(), AttentionCorrectnessEvaluator(), coco_eval or CiderDEvaluator()]
     metrics: dict[str, float] = {}
     for ev in evaluators:
         ev.reset()

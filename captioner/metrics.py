@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .data.shapes import COLORS, SHAPES, SIZES
+from .rewards import CiderD
 
 
 @dataclass
@@ -112,8 +113,8 @@ def named_objects(words: list[str], objects: list[dict]) -> list[tuple[int, int]
     return pairs
 
 
-class BleuEvaluator:
-    """Corpus BLEU-1..4 (nltk) over decoded captions."""
+class _CorpusEvaluator:
+    """Collects the decoded words and the references of each prediction."""
 
     def reset(self) -> None:
         self.hyps: list[list[str]] = []
@@ -124,8 +125,23 @@ class BleuEvaluator:
             self.hyps.append(p.words)
             self.refs.append(p.references)
 
+
+class BleuEvaluator(_CorpusEvaluator):
+    """Corpus BLEU-1..4 (nltk) over decoded captions."""
+
     def evaluate(self) -> dict[str, float]:
         return corpus_bleu(self.hyps, self.refs) if self.hyps else {}
+
+
+class CiderDEvaluator(_CorpusEvaluator):
+    """CIDEr-D in process (``rewards.CiderD``; document frequencies from these captions'
+    references, as pycocoevalcap's), for when the pycocoevalcap scorers are not run."""
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.hyps:
+            return {}
+        scores = CiderD(self.refs).scores(self.hyps, self.refs)
+        return {"CIDEr-D": sum(scores) / len(scores)}
 
 
 class CocoEvaluator:

@@ -317,16 +317,12 @@ class Trainer:
         self.optimizer.step()
 
     def validate(self) -> dict[str, float]:
-        """BLEU and CIDEr-D of the decoded val captions (rank 0), shared with every rank.
-        CIDEr-D's document frequencies come from the val references, as pycocoevalcap's."""
+        """BLEU and CIDEr-D of the decoded val captions (rank 0), shared with every rank."""
         metrics = {}
         if self.rank == 0 and "val" in self.data.meta["splits"]:
             preds = decode_split(self.model, self.data.vocab, self.data, "val",
                                  self.cfg.val_beam_size, max_images=self.cfg.val_max_images)
             metrics, _ = score(preds, coco=False)
-            refs = [p.references for p in preds]
-            cider = CiderD(refs).scores([p.words for p in preds], refs)
-            metrics["CIDEr-D"] = sum(cider) / len(cider)
         return _broadcast(metrics, self.world)
 
     def end_of_epoch(self, schedule: bool = True) -> bool:

@@ -50,15 +50,15 @@ train() {
     date > "$OUT/$run/done"
   fi
 }
-# evaluate RUN_NAME BEAM LENGTH_PENALTY: its best checkpoint on val
+# evaluate RUN_NAME: its best checkpoint on val, with $BEAM and $LENGTH_PENALTY
 evaluate() {
   $CAP evaluate --model "$OUT/$1/best.safetensors" --data "$OUT/data" --split val \
-      --beam-size "$2" --length-penalty "$3" \
+      --beam-size "$BEAM" --length-penalty "$LENGTH_PENALTY" \
       --results "$OUT/$1/val_results.json" --metrics "$OUT/$1/val_metrics.json"
 }
 for ATT in soft hard; do
   train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $TRAIN_FLAGS
-  evaluate "$ATT" "$BEAM" "$LENGTH_PENALTY"
+  evaluate "$ATT"
 done
 RESULTS="soft hard"
 FROM=soft
@@ -67,14 +67,14 @@ if [ "$FINE_TUNE" != 0 ]; then
   # preprocessing as the features (the likelihood objective, a lower learning rate)
   train soft_ft --init "$OUT/soft/best.safetensors" --fine-tune "$FINE_TUNE" \
       --epochs "$FT_EPOCHS" $FT_FLAGS
-  evaluate soft_ft "$BEAM" "$LENGTH_PENALTY"
+  evaluate soft_ft
   RESULTS="$RESULTS soft_ft"
   FROM=soft_ft
   SCST_FLAGS="$SCST_FLAGS --fine-tune $FINE_TUNE $SCST_FT_FLAGS"
 fi
 # self-critical training of the soft model on CIDEr-D (Rennie et al. 2017)
 train soft_scst --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" $SCST_FLAGS
-evaluate soft_scst "$BEAM" "$LENGTH_PENALTY"
+evaluate soft_scst
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS soft_scst <<'PY'
 import json, sys
 out, seconds, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
