@@ -45,7 +45,7 @@ def make_checkpoint(folder: Path) -> tuple[Path, Path]:
 
     from captioner.checkpoint import save_checkpoint
     from captioner.config import ModelConfig
-    from captioner.models.captioner import build_model
+    from captioner.models.model import build_model
     from captioner.vocab import SPECIALS, Vocabulary
 
     torch.manual_seed(0)

@@ -83,7 +83,7 @@ def make_batch(n: int, p: int, d: int, vocab: int, lo: int, hi: int, seed: int):
 
 
 def train_step(model, optimizer, config, features, captions, lengths) -> float:
-    out = model(features, captions, lengths)
+    out = model(features, captions, lengths, encoded=True)
     terms, _ = caption_losses(out, config)
     optimizer.zero_grad(set_to_none=True)
     terms["total"].backward()

@@ -90,7 +90,7 @@ def main() -> int:
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
     torch.set_num_threads(args.threads)
-    from captioner.data.images import load_tensor
+    from captioner.data.images import build_transform, load_image
     from captioner.data.prepare import FeatureSpec, prepare
     from captioner.data.records import ImageRecord
     from captioner.models.encoder import Encoder, get_backbone
@@ -110,7 +110,7 @@ def main() -> int:
         pre, grid = backbone.preprocess, backbone.grid_size
         encoder = Encoder(backbone, grid, trainable_blocks=0).eval()
         t0 = time.perf_counter()
-        images = torch.stack([load_tensor(path, pre) for path in paths])
+        images = torch.stack([build_transform(pre)(load_image(path)) for path in paths])
         decode_s = time.perf_counter() - t0
         bare_forward(encoder, images[: args.batch_size], args.batch_size)  # warm-up
 

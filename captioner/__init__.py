@@ -8,7 +8,7 @@ Public API::
 
 from .config import ModelConfig, Preprocess, TrainConfig
 from .inference import Caption, Captioner
-from .models.captioner import build_model
+from .models.model import build_model
 
 __all__ = ["Caption", "Captioner", "ModelConfig", "Preprocess", "TrainConfig", "build_model"]
 __version__ = "0.1.0"

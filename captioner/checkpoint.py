@@ -5,7 +5,7 @@ training state. Loading never unpickles anything; writing is atomic (temp file, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .fileio import atomic_write
+from .validate_checkpoint import validate_parts
 from .vocab import Vocabulary
 
 FORMAT = "captioner/1"
@@ -26,7 +27,6 @@ class Checkpoint:
     vocab: Vocabulary
     weights: dict[str, torch.Tensor]  # the model's state dict
     train: Any = None  # training state (JSON values and tensors), None in inference-only files
-    extra: dict[str, Any] = field(default_factory=dict)  # other JSON metadata
 
 
 def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -59,19 +59,19 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def save_checkpoint(path: str | Path, config: ModelConfig, vocab: Vocabulary,
-                    weights: dict[str, torch.Tensor], train: Any = None,
-                    extra: dict[str, Any] | None = None) -> None:
+                    weights: dict[str, torch.Tensor], train: Any = None) -> None:
     """Write a checkpoint atomically: a crash mid-write leaves the previous file intact."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     train_json = flatten(train, "train", tensors) if train is not None else None
     metadata = {"format": FORMAT, "config": json.dumps(config.to_dict()), "vocab": vocab.to_json(),
-                "train": json.dumps(train_json), "extra": json.dumps(extra or {})}
+                "train": json.dumps(train_json)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_checkpoint(path: str | Path, with_train: bool = True) -> Checkpoint:
     """Read a checkpoint; anything that is not one (a pickle, a truncated file, another
-    safetensors file) raises ValueError naming the file, without executing anything."""
+    safetensors file) or whose header disagrees with itself or its tensors (``validate_parts``)
+    raises ValueError naming the file and the field, without executing anything."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
@@ -82,20 +82,20 @@ def load_checkpoint(path: str | Path, with_train: bool = True) -> Checkpoint:
                 raise ValueError("no captioner metadata")
             keys = [k for k in f.keys() if with_train or k.startswith("model.")]
             tensors = {k: f.get_tensor(k) for k in keys}
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
-        vocab = Vocabulary.from_json(metadata["vocab"])
-        train = json.loads(metadata["train"]) if with_train else None
-        extra = json.loads(metadata.get("extra", "{}"))
     except Exception as exc:  # safetensors raises its own error types for foreign files
         raise ValueError(f"{path}: not a captioner checkpoint ({type(exc).__name__}: {exc})") from None
+    validate_parts(path, metadata, tensors, with_train=False)  # one line naming a bad field
+    config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    vocab = Vocabulary.from_json(metadata["vocab"])
+    train = json.loads(metadata["train"]) if with_train else None
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     train_state = unflatten(train, tensors) if train is not None else None
-    return Checkpoint(config, vocab, weights, train_state, extra)
+    return Checkpoint(config, vocab, weights, train_state)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights: (model, vocab, checkpoint)."""
-    from .models.captioner import build_model
+    from .models.model import build_model
 
     ckpt = load_checkpoint(path, with_train=False)
     model = build_model(ckpt.config, pretrained=False)

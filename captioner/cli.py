@@ -6,123 +6,246 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .config import DEEP_OUTPUTS, ModelConfig, TrainConfig
-
-DEFAULT_SHAPES = {"train": 3000, "val": 250, "test": 250}
+from . import __version__
+from .argtypes import (existing_dir, existing_file, float_range, int_range, output_dir,
+                       output_file)
+from .config import BATCH_BY, DEEP_OUTPUTS, SELECT_METRICS, ModelConfig, TrainConfig
+from .decoding import MAX_BEAM, MAX_CAPTION_WORDS
 
 
 def _add_prepare(sub) -> None:
+    """``prepare <format>``: one subcommand per registered dataset format (``data.readers``),
+    each with the format's own flags and the ones every format shares."""
+    from .data.readers import readers
+    from .models.encoder import ENCODERS
+
     p = sub.add_parser("prepare", help="turn a dataset into a prepared folder (vocabulary, "
                        "manifests, optional encoder features)")
     kinds = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    shapes = kinds.add_parser("shapes", help="generate the built-in synthetic shapes dataset")
-    shapes.add_argument("--train", type=int, default=DEFAULT_SHAPES["train"], help="train images")
-    shapes.add_argument("--val", type=int, default=DEFAULT_SHAPES["val"], help="val images")
-    shapes.add_argument("--test", type=int, default=DEFAULT_SHAPES["test"], help="test images")
-    shapes.add_argument("--size", type=int, default=64, help="image side in pixels")
-    shapes.add_argument("--seed", type=int, default=0)
-    karpathy = kinds.add_parser("karpathy", help="a Karpathy split JSON (dataset_coco.json, "
-                                "dataset_flickr8k.json, ...) and its image folder")
-    karpathy.add_argument("--json", required=True, help="the split JSON file")
-    karpathy.add_argument("--images", required=True, help="folder the JSON's filepath/filename "
-                          "are relative to")
-    coco = kinds.add_parser("coco", help="raw COCO caption annotations (captions_*.json)")
-    coco.add_argument("--annotations", required=True, help="captions_train2014.json or similar")
-    coco.add_argument("--images", required=True, help="folder with the images it names")
-    coco.add_argument("--split", default=None, choices=["train", "val", "test"],
-                      help="split to file it under (default: from the file name, else train)")
-    for k in (shapes, karpathy, coco):
-        k.add_argument("--out", required=True, help="prepared folder to write")
-        k.add_argument("--min-count", type=int, default=None,
-                       help="keep words seen this often in train (default 5; shapes 1)")
-        k.add_argument("--max-len", type=int, default=20, help="longest caption in words")
-        k.add_argument("--features", metavar="ENCODER", default=None,
-                       help="also compute frozen-encoder features once into a float16 memmap")
-        k.add_argument("--grid", type=int, default=None, help="feature grid side (default: the "
-                       "encoder's native grid)")
-        k.add_argument("--image-size", type=int, default=None,
+    for reader in readers():
+        k = kinds.add_parser(reader.name, help=reader.help)
+        reader.add_arguments(k)
+        k.add_argument("--out", required=True, type=output_dir,
+                       help="prepared folder to write (must be empty or new)")
+        k.add_argument("--overwrite", action="store_true",
+                       help="replace what an existing --out holds")
+        k.add_argument("--min-count", type=int_range(1), default=reader.min_count,
+                       help="keep words seen this often in train (default: %(default)s)")
+        k.add_argument("--max-len", type=int_range(1, MAX_CAPTION_WORDS), default=20,
+                       help="longest caption in words (default: %(default)s)")
+        k.add_argument("--features", metavar="ENCODER", default=None, choices=sorted(ENCODERS),
+                       help="also compute frozen-encoder features once into a float16 memmap "
+                       f"({', '.join(sorted(ENCODERS))})")
+        k.add_argument("--grid", type=int_range(1, 64), default=None,
+                       help="feature grid side (default: the encoder's native grid)")
+        k.add_argument("--image-size", type=int_range(16, 4096), default=None,
                        help="encoder input side (default: the encoder's own)")
-        k.add_argument("--batch-size", type=int, default=32, help="images per encoder batch")
-        k.add_argument("--workers", type=int, default=2, help="image loading processes")
-        k.add_argument("--no-progress", action="store_true")
+        k.add_argument("--batch-size", type=int_range(1), default=32,
+                       help="images per encoder batch (default: %(default)s)")
+        k.add_argument("--workers", type=int_range(0, 64), default=2,
+                       help="image loading processes (default: %(default)s)")
+        k.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_model_args(p) -> None:
+    from .models.attention import ATTENTIONS
+    from .models.encoder import ENCODERS
+
     g = p.add_argument_group("model")
-    g.add_argument("--encoder", default=None, help="tiny, resnet50/101/152, vgg16, "
-                   "efficientnet_lite0(_s16), efficientnet_lite1, efficientnet_lite2 (default: the "
-                   "data's features, else tiny)")
-    g.add_argument("--attention", default="soft", help="soft or hard")
-    g.add_argument("--grid", type=int, default=None, help="feature grid side")
-    g.add_argument("--fine-tune", type=int, default=None, metavar="N",
-                   help="train the encoder's last N blocks (-1: all)")
-    for name in ("embed_dim", "hidden_dim", "attention_dim", "dropout", "alpha_c",
-                 "hard_inference", "hard_entropy", "hard_reward_scale"):
-        default = next(f.default for f in fields(ModelConfig) if f.name == name)
-        g.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    g.add_argument("--encoder", default=None, choices=sorted(ENCODERS), metavar="NAME",
+                   help=f"{', '.join(sorted(ENCODERS))} (default: the data's features, else tiny)")
+    g.add_argument("--attention", default=ModelConfig.attention, choices=sorted(ATTENTIONS),
+                   help="attention kind (default: %(default)s)")
+    g.add_argument("--grid", type=int_range(1, 64), default=None, metavar="N",
+                   help="feature grid side, N x N locations (default: the encoder's)")
+    g.add_argument("--fine-tune", type=int_range(-1), default=None, metavar="N",
+                   help="train the encoder's last N blocks (-1: all; default: tiny all, "
+                   "pretrained none)")
+    for name, what in (("embed_dim", "word embedding size m"), ("hidden_dim", "LSTM size n"),
+                       ("attention_dim", "attention MLP size")):
+        g.add_argument("--" + name.replace("_", "-"), type=int_range(1, 65536),
+                       default=getattr(ModelConfig, name), help=f"{what} (default: %(default)s)")
+    g.add_argument("--dropout", type=float_range(0, 1, max_exclusive=True),
+                   default=ModelConfig.dropout, help="before the output layer (default: "
+                   "%(default)s)")
+    g.add_argument("--alpha-c", type=float_range(0), default=ModelConfig.alpha_c,
+                   help="lambda of the doubly stochastic term, eq. 14 (default: %(default)s)")
     g.add_argument("--no-gate", action="store_true", help="drop the beta gate (4.2.1)")
     g.add_argument("--deep-output", choices=DEEP_OUTPUTS, default=ModelConfig.deep_output,
                    help="eq. 7 as printed (linear) or with the tanh of the authors' code")
+    for kind, cls in sorted(ATTENTIONS.items()):  # each kind's own options: --KIND-OPTION
+        for f in fields(cls.Options):
+            g.add_argument(f"--{kind}-{f.name.replace('_', '-')}", dest=f"{kind}_{f.name}",
+                           type=type(f.default), default=f.default,
+                           help=f"{kind} attention: {f.name} (default: %(default)s)")
 
 
 def _add_train(sub) -> None:
+    from .objectives import OBJECTIVES
+
     p = sub.add_parser("train", help="train a captioner on a prepared folder")
-    p.add_argument("--data", help="prepared folder")
-    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--data", type=existing_dir, help="prepared folder (`captioner prepare`)")
+    p.add_argument("--out", required=True, type=output_dir,
+                   help="run folder (checkpoints, metrics.jsonl); one run per folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out exactly (a larger --epochs/--max-steps "
+                   "extends a finished one)")
     _add_model_args(p)
     g = p.add_argument_group("training")
-    for f in fields(TrainConfig):
-        if f.name in ("data", "out", "progress", "amp"):
-            continue
-        kind = float if f.name == "encoder_lr" else type(f.default)
-        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    t = TrainConfig
+    g.add_argument("--init", type=existing_file, default=None, metavar="CKPT",
+                   help="start from this checkpoint's model with a fresh optimizer")
+    g.add_argument("--objective", choices=sorted(OBJECTIVES), default=t.objective,
+                   help="likelihood (xe) or self-critical CIDEr-D (scst) (default: %(default)s)")
+    g.add_argument("--epochs", type=int_range(1), default=t.epochs, help="(default: %(default)s)")
+    g.add_argument("--max-steps", type=int_range(0), default=t.max_steps,
+                   help="stop after this many steps (default 0: no limit)")
+    g.add_argument("--max-minutes", type=float_range(0), default=t.max_minutes,
+                   help="stop after this much wall time (default 0: no limit)")
+    g.add_argument("--batch-size", type=int_range(1), default=t.batch_size,
+                   help="images (or captions, --batch-by caption) per step (default: %(default)s)")
+    g.add_argument("--batch-by", choices=BATCH_BY, default=t.batch_by,
+                   help="a batch is images with all their captions, or (image, caption) pairs "
+                   "(default: %(default)s)")
+    g.add_argument("--lr", type=float_range(0, min_exclusive=True), default=t.lr,
+                   help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--encoder-lr", type=float_range(0, min_exclusive=True), default=None,
+                   help="for the encoder blocks trained (default: --lr)")
+    g.add_argument("--weight-decay", type=float_range(0), default=t.weight_decay,
+                   help="on weight matrices only (default: %(default)s)")
+    g.add_argument("--grad-clip", type=float_range(0), default=t.grad_clip,
+                   help="gradient norm clip, 0: none (default: %(default)s)")
+    g.add_argument("--label-smoothing", type=float_range(0, 1, max_exclusive=True),
+                   default=t.label_smoothing, help="(default: %(default)s)")
+    g.add_argument("--scst-samples", type=int_range(2, 100), default=t.scst_samples,
+                   help="captions drawn per image by scst (default: %(default)s)")
+    g.add_argument("--select-by", choices=SELECT_METRICS, default=t.select_by,
+                   help="val score that keeps best.safetensors, decays the lr and stops early "
+                   "(default: %(default)s)")
+    g.add_argument("--lr-decay", type=float_range(0, 1, min_exclusive=True, max_exclusive=True),
+                   default=t.lr_decay,
+                   help="lr factor when the val score does not improve (default: %(default)s)")
+    g.add_argument("--lr-patience", type=int_range(0), default=t.lr_patience,
+                   help="epochs without improvement before decaying (default: %(default)s)")
+    g.add_argument("--early-stop", type=int_range(1), default=t.early_stop,
+                   help="stop after this many epochs without improvement (default: %(default)s)")
+    g.add_argument("--val-beam-size", type=int_range(1, MAX_BEAM), default=t.val_beam_size,
+                   help="beam size of validation decoding (default: %(default)s)")
+    g.add_argument("--val-max-images", type=int_range(0), default=t.val_max_images,
+                   help="validate on this many val images (default 0: all)")
+    g.add_argument("--save-every", type=int_range(0), default=t.save_every,
+                   help="steps between last.safetensors saves, 0: epochs only (default: "
+                   "%(default)s)")
+    g.add_argument("--seed", type=int_range(0), default=t.seed, help="(default: %(default)s)")
+    g.add_argument("--num-workers", type=int_range(0, 64), default=t.num_workers,
+                   help="data loading processes (default: %(default)s)")
+    g.add_argument("--logdir", default=t.logdir, help="TensorBoard folder (default: none)")
     g.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_decode_args(p) -> None:
+def _add_decode_args(p, n_best: bool = True) -> None:
+    """The flags of one ``DecodeOptions``; ``decode_options(args)`` builds it."""
+    from .decoding import DecodeOptions, strategy_names
+
     p.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
-    p.add_argument("--beam-size", type=int, default=3)
-    p.add_argument("--length-penalty", type=float, default=0.0,
-                   help="rank by log p / length ** this (0: plain log-probability)")
+    g = p.add_argument_group("decoding")
+    g.add_argument("--strategy", choices=strategy_names(), default=DecodeOptions.strategy,
+                   help="how captions are decoded (default: %(default)s)")
+    g.add_argument("--beam-size", type=int_range(1, MAX_BEAM), default=DecodeOptions.beam_size,
+                   metavar="K",
+                   help=f"beams per image, 1 to {MAX_BEAM} (default: %(default)s)")
+    if n_best:
+        g.add_argument("--n-best", type=int_range(1, MAX_BEAM), default=DecodeOptions.n_best,
+                       metavar="N",
+                       help="captions per image, at most --beam-size (default: %(default)s)")
+    g.add_argument("--length-penalty", type=float_range(0), default=DecodeOptions.length_penalty,
+                   help="rank by log p / length ** this (default %(default)s: plain "
+                   "log-probability)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captioner", description="Show, Attend and Tell image "
-                                     "captioning: prepare data, train, evaluate, caption, attend.")
+    from .models.attention import ATTENTIONS
+    from .visualize import FIGURE_FORMATS
+
+    parser = argparse.ArgumentParser(prog="captioner", allow_abbrev=False,
+                                     description="Show, Attend and Tell image captioning: prepare "
+                                     "data, train, evaluate, caption, attend, serve.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_prepare(sub)
     _add_train(sub)
     ev = sub.add_parser("evaluate", help="BLEU-1..4 and COCO metrics of a checkpoint on a split")
-    _add_decode_args(ev)
-    ev.add_argument("--data", required=True, help="prepared folder")
-    ev.add_argument("--split", default="test")
-    ev.add_argument("--results", default=None, help="COCO results JSON to write")
-    ev.add_argument("--metrics", default=None, help="metrics JSON to write")
-    ev.add_argument("--max-images", type=int, default=0)
+    _add_decode_args(ev, n_best=False)
+    ev.add_argument("--data", required=True, type=existing_dir, help="prepared folder")
+    ev.add_argument("--split", default="test", help="split to score (default: %(default)s)")
+    ev.add_argument("--results", default=None, type=output_file((".json",)),
+                    help="COCO results JSON to write")
+    ev.add_argument("--metrics", default=None, type=output_file((".json",)),
+                    help="metrics JSON to write")
+    ev.add_argument("--max-images", type=int_range(0), default=0,
+                    help="score only the first N images (default 0: all)")
     ev.add_argument("--no-meteor", action="store_true", help="skip METEOR (slow; needs Java)")
-    cap = sub.add_parser("caption", help="caption image files, one line each")
+    cap = sub.add_parser("caption", help="caption image files and folders, one line each")
     _add_decode_args(cap)
-    cap.add_argument("images", nargs="+", metavar="IMAGE")
-    cap.add_argument("--n-best", type=int, default=1)
+    cap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders "
+                     "searched recursively for image files")
     cap.add_argument("--json", action="store_true", help="one JSON object per image")
+    cap.add_argument("--output", default=None, metavar="JSONL", help="append one JSON line per "
+                     "image to this file; images already in it are skipped (a killed run resumes)")
+    cap.add_argument("--batch-size", type=int, default=16, help="images per model batch")
+    cap.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    cap.add_argument("--no-progress", action="store_true")
+    srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
+    srv.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: "
+                     "%(default)s, this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload "
+                     "(default: %(default)s)")
+    srv.add_argument("--max-batch", type=int, default=16, help="most images captioned in one "
+                     "batch (default: %(default)s)")
+    srv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits "
+                     "for more requests (default: %(default)s)")
     att = sub.add_parser("attend", help="write the attention figure of an image's caption")
-    _add_decode_args(att)
+    _add_decode_args(att, n_best=False)
     att.add_argument("image", metavar="IMAGE")
-    att.add_argument("-o", "--out", required=True, help="PNG to write")
+    att.add_argument("-o", "--out", required=True, type=output_file(FIGURE_FORMATS),
+                     help=f"figure to write, its format from the suffix "
+                     f"({', '.join(FIGURE_FORMATS)})")
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in shapes data: "
                           "prepare, train (~5 min on CPU), evaluate, caption, attention figures")
     demo.add_argument("--home", default=None, help="where to work (default $CAPTIONER_HOME or "
                       "~/.cache/captioner)")
-    demo.add_argument("--minutes", type=float, default=5.0, help="training time budget")
-    demo.add_argument("--attention", default="soft")
+    demo.add_argument("--minutes", type=float_range(0, min_exclusive=True), default=5.0,
+                      help="training time budget (default: %(default)s)")
+    demo.add_argument("--attention", default="soft", choices=sorted(ATTENTIONS),
+                      help="attention kind (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="retrain even if a demo model exists")
+    _no_abbreviations(parser)
     return parser
 
 
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Refuse abbreviated flags in every (sub)command: a flag is written out or unknown."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The option flags written on the command line (as argparse dests: ``--max-steps`` ->
+    ``max_steps``), so that a value left at its default can be told from one given."""
+    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv
+            if arg.startswith("--") and len(arg) > 2}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.given = given_flags(argv) & set(vars(args))
     from . import commands
     from .errors import UserError
 

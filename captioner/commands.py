@@ -3,39 +3,32 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from .config import ModelConfig, TrainConfig
 
 
 def prepare(args) -> int:
-    from .data.prepare import FeatureSpec, prepare as run_prepare
+    from .data.prepare import FeatureSpec, claim_output, prepare as run_prepare
+    from .data.readers import get_reader
 
-    progress = not args.no_progress
-    min_count = args.min_count
-    if args.source == "shapes":
-        from .data.shapes import generate
-
-        counts = {"train": args.train, "val": args.val, "test": args.test}
-        records = generate(args.out, counts, args.seed, args.size, progress)
-        min_count = 1 if min_count is None else min_count
-    elif args.source == "karpathy":
-        from .data.karpathy import read_karpathy
-
-        records = read_karpathy(args.json, args.images)
-    else:
-        from .data.coco import read_coco
-
-        split = args.split or next((s for s in ("train", "val", "test")
-                                    if s in Path(args.annotations).name), "train")
-        records = read_coco(args.annotations, args.images, split)
-    spec = None
-    if args.features:
-        spec = FeatureSpec(args.features, args.grid, args.image_size, args.batch_size, args.workers)
-    report = run_prepare(records, args.out, args.source, 5 if min_count is None else min_count,
-                         args.max_len, spec, progress)
+    out = Path(args.out)
+    created = claim_output(out, args.overwrite)  # before any work: never mixes two datasets
+    try:
+        records = get_reader(args.source).read(args)
+        spec = None
+        if args.features:
+            spec = FeatureSpec(args.features, args.grid, args.image_size, args.batch_size,
+                               args.workers)
+        report = run_prepare(records, out, args.source, args.min_count, args.max_len, spec,
+                             not args.no_progress)
+    except BaseException:
+        if created:  # a failed or interrupted prepare leaves no half-made folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     for line in report.skipped[:20]:
         print(f"skipped {line}", file=sys.stderr)
     if len(report.skipped) > 20:
@@ -46,13 +39,15 @@ def prepare(args) -> int:
 
 def model_config_from_args(args) -> tuple[ModelConfig, bool]:
     """The ModelConfig the flags describe, and whether --encoder was given."""
+    from .models.attention import ATTENTIONS
+
+    options = {f.name: getattr(args, f"{args.attention}_{f.name}")
+               for f in fields(ATTENTIONS[args.attention].Options)}
     config = ModelConfig(vocab_size=0, encoder=args.encoder or "tiny", attention=args.attention,
                          fine_tune_blocks=args.fine_tune, embed_dim=args.embed_dim,
                          hidden_dim=args.hidden_dim, attention_dim=args.attention_dim,
-                         dropout=args.dropout, alpha_c=args.alpha_c,
-                         hard_inference=args.hard_inference, hard_entropy=args.hard_entropy,
-                         hard_reward_scale=args.hard_reward_scale, gate=not args.no_gate,
-                         deep_output=args.deep_output)
+                         dropout=args.dropout, alpha_c=args.alpha_c, gate=not args.no_gate,
+                         deep_output=args.deep_output, attention_options=options)
     if args.grid:
         config = replace(config, grid_size=args.grid)
     return config, args.encoder is not None
@@ -64,31 +59,49 @@ def train(args) -> int:
     if not args.resume and not args.data:
         raise ValueError("--data is required (a folder written by `captioner prepare`)")
     model_config, encoder_given = model_config_from_args(args)
-    data = args.data
-    if args.resume and not data:
-        from .checkpoint import load_checkpoint
+    names = {f for f in TrainConfig.__dataclass_fields__} - {"data", "out", "progress", "init"}
+    train_config = TrainConfig(data=args.data or "", out=args.out, progress=not args.no_progress,
+                               init=args.init or "", **{k: getattr(args, k) for k in names})
+    if args.resume:
+        from .resume import resume_flags
 
-        data = load_checkpoint(Path(args.out) / "last.safetensors").train["train_config"]["data"]
-    names = {f for f in TrainConfig.__dataclass_fields__} - {"data", "out", "progress"}
-    train_config = TrainConfig(data=data, out=args.out, progress=not args.no_progress,
-                               **{k: getattr(args, k) for k in names})
+        train_config = resume_flags(args, train_config, model_config)
     result = run_train(model_config, train_config, args.resume, encoder_given)
-    if result.rank == 0:
+    if result.rank != 0:
+        return 0
+    last = result.run_dir / "last.safetensors"
+    if result.stopped == "finished":
+        print(f"nothing to do: the run in {result.run_dir} has finished ({result.step} steps, "
+              f"{result.epoch} epochs); pass a larger --epochs or --max-steps to extend it")
+    elif result.stopped.startswith("SIG"):
+        print(f"stopped by {result.stopped} at step {result.step}; saved {last}; continue with "
+              f"`captioner train --out {result.run_dir} --resume`", file=sys.stderr)
+        return 130 if result.stopped == "SIGINT" else 143
+    else:
         print(f"trained {result.step} steps ({result.epoch} epochs, stopped by {result.stopped}); "
               f"best val {result.select_by} {result.best_score:.4f}; "
               f"checkpoints in {result.run_dir}")
     return 0
 
 
+def decode_options(args):
+    """The DecodeOptions the decoding flags describe (``cli._add_decode_args``)."""
+    from .decoding import DecodeOptions
+
+    return DecodeOptions(strategy=args.strategy, beam_size=args.beam_size,
+                         n_best=getattr(args, "n_best", 1), length_penalty=args.length_penalty)
+
+
 def evaluate(args) -> int:
-    from .data.prepared import PreparedData
+    from .data.dataset import PreparedData
     from .evaluate import evaluate_checkpoint
     from .inference import Captioner
 
+    options = decode_options(args)
     cap = Captioner.load(args.model)
     metrics = evaluate_checkpoint(cap.model, cap.vocab, PreparedData(args.data), args.split,
-                                  args.beam_size, args.results, args.metrics, args.length_penalty,
-                                  args.max_images, meteor=not args.no_meteor)
+                                  options, args.results, args.metrics, args.max_images,
+                                  meteor=not args.no_meteor)
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}" if v != int(v) else f"{k:<{width}}  {int(v)}")
@@ -96,35 +109,68 @@ def evaluate(args) -> int:
 
 
 def caption(args) -> int:
-    from .data.images import ImageError
+    from tqdm import tqdm
+
+    from .folder import ResultsFile, caption_batches, escape, find_images
     from .inference import Captioner
 
+    options = decode_options(args)
+    paths = find_images(args.images)
     cap = Captioner.load(args.model)
+    results = ResultsFile(args.output) if args.output else None
+    todo = [p for p in paths if results is None or p not in results.done]
     failed = 0
-    for path in args.images:  # one at a time, so a bad file never stops the others
-        try:
-            results = cap.caption(path, beam_size=args.beam_size, n_best=args.n_best,
-                                  length_penalty=args.length_penalty)
-        except ImageError as exc:
-            print(f"captioner caption: error: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        if args.json:
-            print(json.dumps({"image": path, "captions": [
-                {"caption": c.text, "score": round(c.score, 4)} for c in results]}))
-        else:
-            for c in results:
-                print(f"{path}\t{c.text}" + (f"\t{c.score:.3f}" if args.n_best > 1 else ""))
+    with tqdm(total=len(todo), unit="img", desc="caption",
+              disable=results is None or args.no_progress) as bar:
+        for batch in caption_batches(cap, todo, options, args.batch_size, args.workers):
+            for r in batch:  # a bad file never stops the others
+                if r.error is not None:
+                    tqdm.write(f"captioner caption: error: {escape(r.error)}", file=sys.stderr)
+                    failed += 1
+                elif results is None and args.json:
+                    print(json.dumps(r.record()), flush=True)
+                elif results is None:
+                    for c in r.captions:
+                        print(f"{escape(r.path)}\t{c.text}"
+                              + (f"\t{c.score:.3f}" if args.n_best > 1 else ""), flush=True)
+            if results is not None:
+                results.append([r.record() for r in batch])
+            bar.update(len(batch))
+    if results is not None:
+        print(f"{results.path}: {len(todo) - failed} images captioned, {failed} failed, "
+              f"{len(paths) - len(todo)} already there")
     return 1 if failed else 0
 
 
+def serve(args) -> int:
+    import uvicorn
+
+    from .inference import Captioner, default_model_path
+    from .serve import create_app, describe_model
+
+    cap = Captioner.load(args.model)
+    info = describe_model(cap, args.model or default_model_path())
+    app = create_app(cap, info, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                     max_upload_mb=args.max_upload_mb)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"captioner serve: {info['encoder']} / {info['attention']} model on {cap.device}; "
+          f"page and API at http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
 def attend(args) -> int:
+    from .data.images import ImageError
     from .inference import Captioner
     from .visualize import caption_figure
 
+    options = decode_options(args)
     cap = Captioner.load(args.model)
-    best = caption_figure(cap, args.image, args.out, beam_size=args.beam_size,
-                          length_penalty=args.length_penalty)
+    try:
+        best = caption_figure(cap, args.image, args.out, options=options)
+    except ImageError as exc:  # as `caption` reports a bad image: one line, status 1
+        print(f"captioner attend: error: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {best.text}")
     return 0
 

@@ -23,9 +23,14 @@ class Preprocess:
     def input_size(self) -> int:
         return self.crop or self.resize
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocess":
+        """From its JSON form (lists where the dataclass holds tuples)."""
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
+
 
 SELECT_METRICS = ("BLEU-4", "CIDEr-D")  # scores of the decoded val captions (nltk BLEU-4)
-OBJECTIVES = ("xe", "scst")  # cross-entropy (+ the paper's terms); self-critical CIDEr-D
+BATCH_BY = ("image", "caption")  # a batch is images with all their captions, or caption pairs
 DEEP_OUTPUTS = ("linear", "tanh")  # eq. 7 as printed, or with the tanh of the authors' code
 
 
@@ -48,12 +53,8 @@ class ModelConfig:
     alpha_c: float = 1.0  # lambda of the doubly stochastic term (eq. 14)
     gate: bool = True  # beta gating scalar (section 4.2.1)
     deep_output: str = "linear"  # one of DEEP_OUTPUTS
-    # hard attention (section 4.1) and the authors' code's constants
-    hard_baseline_decay: float = 0.9
-    hard_reward_scale: float = 0.1  # lambda_r
-    hard_entropy: float = 0.002  # lambda_e
-    hard_expected_prob: float = 0.5  # chance that a minibatch uses the expected context
-    hard_inference: str = "expected"  # "expected" or "argmax"
+    # the options of the attention kind (its Attention.Options fields); {} for its defaults
+    attention_options: dict[str, Any] = field(default_factory=dict)
     preprocess: Preprocess = field(default_factory=Preprocess)
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,11 +62,13 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        # checkpoints written before attention kinds owned their options kept hard attention's
+        # as top-level hard_* fields
+        legacy = {k[len("hard_"):]: data.pop(k) for k in list(data) if k.startswith("hard_")}
+        if legacy and data.get("attention") == "hard":
+            data.setdefault("attention_options", legacy)
         return _from_dict(cls, data)
-
-    @property
-    def num_locations(self) -> int:
-        return self.grid_size * self.grid_size
 
 
 @dataclass
@@ -79,13 +82,13 @@ class TrainConfig:
     max_steps: int = 0  # 0: no limit
     max_minutes: float = 0.0  # wall-clock budget for this process; 0: no limit
     batch_size: int = 32  # images per batch (each brings all its captions), or captions
-    batch_by: str = "image"  # "image": batches of images; "caption": of (image, caption) pairs
+    batch_by: str = "image"  # BATCH_BY: batches of images; or of (image, caption) pairs
     lr: float = 4e-4
     encoder_lr: float | None = None  # None: same as lr
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     label_smoothing: float = 0.0  # of the cross-entropy targets (0: the paper's plain -log p)
-    objective: str = "xe"  # one of OBJECTIVES: the paper's likelihood, or self-critical CIDEr-D
+    objective: str = "xe"  # objectives.OBJECTIVES: the paper's likelihood, or self-critical "scst"
     scst_samples: int = 5  # captions drawn per image by "scst"
     select_by: str = "BLEU-4"  # one of SELECT_METRICS: the validation score that keeps
     # best.safetensors, decays the learning rate and stops early
@@ -116,7 +119,5 @@ def _from_dict(cls, data: dict[str, Any]):
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
     kwargs = dict(data)
     if cls is ModelConfig and isinstance(kwargs.get("preprocess"), dict):
-        pre = dict(kwargs["preprocess"])
-        pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
-        kwargs["preprocess"] = Preprocess(**pre)
+        kwargs["preprocess"] = Preprocess.from_dict(kwargs["preprocess"])
     return cls(**kwargs)

@@ -15,7 +15,6 @@ DEMO_MODEL = ModelConfig(vocab_size=0, encoder="tiny", grid_size=8, embed_dim=12
                          attention_dim=128, dropout=0.2, alpha_c=0.0)
 DEMO_TRAIN = TrainConfig(epochs=100, batch_size=32, lr=2e-3, lr_patience=1, early_stop=4,
                          val_beam_size=1, save_every=100, seed=0)
-DEMO_COUNTS = {"train": 3000, "val": 250, "test": 250}
 
 
 def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: str = "soft",
@@ -25,8 +24,9 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     from dataclasses import replace
 
     from .data.prepare import prepare
-    from .data.prepared import PreparedData
-    from .data.shapes import generate
+    from .data.dataset import PreparedData
+    from .data.shapes import DEFAULT_COUNTS, generate
+    from .decoding import DecodeOptions
     from .evaluate import evaluate_checkpoint
     from .inference import Captioner, captioner_home
     from .train import train
@@ -40,7 +40,7 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     t0 = time.perf_counter()
     print(f"[1/4] shapes data -> {data_dir}")
     if fresh or not (data_dir / "meta.json").exists():
-        records = generate(data_dir, counts or DEMO_COUNTS, seed=0, progress=True)
+        records = generate(data_dir, counts or DEFAULT_COUNTS, seed=0, progress=True)
         print("      " + prepare(records, data_dir, "shapes", min_count=1).summary())
     best = run_dir / "best.safetensors"
     if fresh and run_dir.exists():
@@ -60,7 +60,7 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     print("[3/4] evaluating on the test split (beam 3)")
     cap = Captioner.load(best)
     data = PreparedData(data_dir)
-    metrics = evaluate_checkpoint(cap.model, cap.vocab, data, "test", beam_size=3,
+    metrics = evaluate_checkpoint(cap.model, cap.vocab, data, "test", DecodeOptions(beam_size=3),
                                   results_path=demo / f"test_results{suffix}.json",
                                   metrics_path=demo / f"test_metrics{suffix}.json", progress=False)
     for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "coco/CIDEr", "attention_correctness",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from PIL import Image
 
 from .checkpoint import load_model
 from .data.images import build_transform, load_image
-from .search import beam_search
+from .decoding import DecodeOptions, decode
 from .vocab import Vocabulary
 
 ImageInput = str | Path | Image.Image
@@ -44,7 +44,7 @@ class Captioner:
     def __init__(self, model, vocab: Vocabulary, device: str | torch.device = "cpu"):
         self.model, self.vocab, self.device = model.to(device).eval(), vocab, torch.device(device)
         self.transform = build_transform(model.config.preprocess)
-        self.no_end_after = vocab.no_end_after()
+        self.no_end_after = tuple(vocab.no_end_after())
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | None = None) -> "Captioner":
@@ -65,26 +65,34 @@ class Captioner:
             image = load_image(image)
         return self.transform(image.convert("RGB"))
 
-    def caption(self, images: ImageInput | Sequence[ImageInput], beam_size: int = 3,
-                n_best: int = 1, length_penalty: float = 0.0, batch_size: int = 16
+    def options(self, options: DecodeOptions | None = None, **fields) -> DecodeOptions:
+        """``options`` (default ``DecodeOptions()``) with ``fields`` replaced, bound to this
+        model's caption length and vocabulary."""
+        options = replace(options, **fields) if options else DecodeOptions(**fields)
+        return options.bind(self.model.config.max_len, self.no_end_after)
+
+    def caption(self, images: ImageInput | Sequence[ImageInput],
+                options: DecodeOptions | None = None, batch_size: int = 16, **fields
                 ) -> list[Caption] | list[list[Caption]]:
-        """Caption one image (returns its n-best list) or a sequence (a list per image)."""
+        """Caption one image (returns its n-best list) or a sequence (a list per image).
+        Decoding follows ``options``, or ``DecodeOptions`` fields given by name
+        (``beam_size=5``)."""
+        options = self.options(options, **fields)
         single = isinstance(images, (str, Path, Image.Image))
         items = [images] if single else list(images)
         results: list[list[Caption]] = []
         for start in range(0, len(items), batch_size):
             batch = torch.stack([self.preprocess(x) for x in items[start: start + batch_size]])
-            results.extend(self.caption_tensors(batch, beam_size, n_best, length_penalty))
+            results.extend(self.caption_tensors(batch, options))
         return results[0] if single else results
 
-    def caption_tensors(self, images: torch.Tensor, beam_size: int = 3, n_best: int = 1,
-                        length_penalty: float = 0.0) -> list[list[Caption]]:
+    def caption_tensors(self, images: torch.Tensor, options: DecodeOptions | None = None
+                        ) -> list[list[Caption]]:
         """Caption a batch of preprocessed images (B, 3, S, S)."""
+        options = self.options(options)
         with torch.inference_mode():
             features = self.model.encode(images.to(self.device))
-        hyps = beam_search(self.model.decoder, features, beam_size, self.model.config.max_len,
-                           n_best=n_best, length_penalty=length_penalty,
-                           no_end_after=self.no_end_after)
+        hyps = decode(self.model.decoder, features, options)
         grid = self.model.config.grid_size
         return [[Caption(" ".join(words := self.vocab.decode(h.tokens)), words, h.score,
                          h.log_prob, h.alpha, grid) for h in per_image] for per_image in hyps]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig
-from .models.decoder import DecoderOutput
+if TYPE_CHECKING:
+    from .models.decoder import DecoderOutput
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -64,23 +66,14 @@ def reinforce(log_likelihood: torch.Tensor, sample_log_prob: torch.Tensor, entro
     return terms, new_baseline
 
 
-def caption_losses(output: DecoderOutput, config: ModelConfig,
-                   baseline: torch.Tensor | None = None, label_smoothing: float = 0.0
-                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """All loss terms for a teacher-forced batch, plus ``total``; and the updated baseline
-    when the attention is stochastic (its extras carry ``log_prob``). The REINFORCE reward
-    is the plain log-likelihood, whatever the smoothing of the cross-entropy."""
+def caption_losses(output: "DecoderOutput", alpha_c: float = 0.0, label_smoothing: float = 0.0
+                   ) -> dict[str, torch.Tensor]:
+    """The likelihood's loss terms for a teacher-forced batch: cross-entropy and, with
+    ``alpha_c``, the doubly stochastic term. (An attention kind adds its own terms.)"""
     terms = {"ce": cross_entropy(output.logits, output.targets, output.mask, label_smoothing)}
-    if config.alpha_c:
-        terms["doubly_stochastic"] = doubly_stochastic(output.alpha, output.mask, config.alpha_c)
-    if "log_prob" in output.extras and baseline is not None:
-        ll = caption_log_likelihood(output.logits, output.targets, output.mask)
-        extra, baseline = reinforce(ll, output.extras["log_prob"], output.extras["entropy"],
-                                    output.mask, baseline, config.hard_reward_scale,
-                                    config.hard_entropy, config.hard_baseline_decay)
-        terms.update(extra)
-    terms["total"] = sum(terms.values())
-    return terms, baseline
+    if alpha_c:
+        terms["doubly_stochastic"] = doubly_stochastic(output.alpha, output.mask, alpha_c)
+    return terms
 
 
 def self_critical(log_prob: torch.Tensor, rewards: torch.Tensor, n_words: torch.Tensor

@@ -203,6 +203,8 @@ class Samples:
     tokens: torch.Tensor  # (B*n, T) word ids; <end> then <pad> after a caption's last word
     lengths: torch.Tensor  # (B*n,) words, without <end>
     forced_end: torch.Tensor  # (B*n,) True where max_len ran out and <end> was not drawn
+    log_prob: torch.Tensor  # (B*n,) log-probability of the drawn words (with a drawn <end>)
+    alpha: torch.Tensor  # (B*n, T, P) attention at every step
 
 
 @inference
@@ -219,12 +221,16 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
     words = torch.full((b * n,), Vocabulary.start_id, dtype=torch.long, device=device)
     done = torch.zeros(b * n, dtype=torch.bool, device=device)
-    steps = []
+    log_prob = torch.zeros(b * n, device=device)
+    steps, alphas = [], []
     for t in range(max_len):
         out = decoder.step(features, projected, state, words)
-        probs = torch.softmax(out.logits.float().masked_fill(banned, float("-inf")), -1)
-        words = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        logits = out.logits.float().masked_fill(banned, float("-inf"))
+        words = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
+        logp = torch.log_softmax(logits, -1)
+        log_prob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
         steps.append(torch.where(done, pad, words))
+        alphas.append(out.alpha)
         done |= words == end
         state = out.state
         if bool(done.all()):
@@ -234,4 +240,4 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     if not bool(done.all()):  # room for the forced <end>
         tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], pad)], 1)
     tokens[torch.arange(b * n, device=device), lengths] = end
-    return Samples(tokens, lengths, ~done)
+    return Samples(tokens, lengths, ~done, log_prob, torch.stack(alphas, 1))

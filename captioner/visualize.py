@@ -12,6 +12,9 @@ from PIL import Image
 from .config import Preprocess
 from .fileio import atomic_write
 
+#: file suffixes ``attention_figure`` writes, each in its own format (matplotlib's writers)
+FIGURE_FORMATS = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
 
 def upsample_attention(alpha: np.ndarray, grid: int, size: tuple[int, int],
                        smooth: float = 0.5) -> np.ndarray:
@@ -39,13 +42,14 @@ def model_view(image: Image.Image, pre: Preprocess) -> Image.Image:
 
 
 def caption_figure(captioner, image_path: str | Path, out: str | Path, title: str | None = None,
-                   **caption_options):
-    """Caption an image file with ``captioner`` (a Captioner) and write its attention figure;
-    returns the best Caption. What `captioner attend` and the demo both do."""
+                   options=None):
+    """Caption an image file with ``captioner`` (a Captioner) and ``options`` (DecodeOptions,
+    default its defaults) and write its attention figure; returns the best Caption. What
+    `captioner attend` and the demo both do."""
     from .data.images import load_image
 
     image = load_image(image_path)
-    best = captioner.caption(image, **caption_options)[0]
+    best = captioner.caption(image, options)[0]
     attention_figure(model_view(image, captioner.model.config.preprocess), best.words,
                      best.alpha.numpy(), best.grid_size, out, title=title or Path(image_path).name)
     return best
@@ -54,7 +58,8 @@ def caption_figure(captioner, image_path: str | Path, out: str | Path, title: st
 def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, grid: int,
                      out: str | Path, title: str | None = None, columns: int = 5,
                      display_size: int = 224) -> int:
-    """Write the figure to ``out`` (PNG, atomically); returns the number of word panels.
+    """Write the figure to ``out`` (atomically, in the format its suffix names: one of
+    ``FIGURE_FORMATS``); returns the number of word panels.
 
     ``alphas`` is (len(words), P). Panel 0 is the image itself; each further panel shows the
     image dimmed where the word did not attend, with the word as its title. The image keeps its
@@ -66,6 +71,11 @@ def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, g
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    suffix = Path(out).suffix.lower()
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"{out}: cannot write a {suffix or 'suffix-less'} figure; "
+                         f"use one of {', '.join(FIGURE_FORMATS)}")
+
     scale = display_size / max(image.size)
     image = image.convert("RGB").resize((max(1, round(image.width * scale)),
                                          max(1, round(image.height * scale))), Image.BICUBIC)
@@ -76,14 +86,24 @@ def attention_figure(image: Image.Image, words: list[str], alphas: np.ndarray, g
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(image)
-    axes.flat[0].set_title(title or "image", fontsize=9)
+    axes.flat[0].set_title(_drawable(title or "image"), fontsize=9)
     for i, word in enumerate(words):
         ax = axes.flat[i + 1]
         heat = upsample_attention(np.asarray(alphas[i]), grid, image.size)
         ax.imshow(image)
         ax.imshow(heat / (heat.max() + 1e-12), cmap="gray", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title(word, fontsize=11)
+        ax.set_title(_drawable(word), fontsize=11)
     fig.tight_layout()
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    fmt = "jpeg" if suffix == ".jpg" else suffix[1:]
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format=fmt, dpi=80))
     plt.close(fig)
     return len(words)
+
+
+def _drawable(text: str) -> str:
+    """``text`` with the characters matplotlib's font cannot draw (a CJK file name in DejaVu
+    Sans) shown as "?", instead of a warning per glyph and an empty box."""
+    from matplotlib import font_manager
+
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
+    return "".join(c if c.isprintable() and font.get_char_index(ord(c)) else "?" for c in text)

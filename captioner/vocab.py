@@ -12,6 +12,7 @@ from .fileio import atomic_write_text
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIALS = (PAD, START, END, UNK)
+DEFAULT_MIN_COUNT = 5  # a word seen fewer times in train becomes <unk>
 
 
 @functools.cache
@@ -54,7 +55,7 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and self.itos == other.itos
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5,
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = DEFAULT_MIN_COUNT,
               min_end_share: float = 0.01) -> "Vocabulary":
         """Build from tokenized captions, keeping words seen at least ``min_count`` times.
 

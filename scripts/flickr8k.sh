@@ -50,11 +50,19 @@ train() {
     date > "$OUT/$run/done"
   fi
 }
-# evaluate RUN_NAME: its best checkpoint on val, with $BEAM and $LENGTH_PENALTY
+# evaluate RUN_NAME: its best checkpoint with $BEAM and $LENGTH_PENALTY on val (the split that
+# selected it and every setting here) and, when the data has one, on test (held out: nothing was
+# tuned on it)
+SPLITS=$(.venv/bin/python -c "import json, sys; s = json.load(open(sys.argv[1]))['splits']; \
+print(' '.join(x for x in ('val', 'test') if x in s))" "$OUT/data/meta.json")
 evaluate() {
-  $CAP evaluate --model "$OUT/$1/best.safetensors" --data "$OUT/data" --split val \
-      --beam-size "$BEAM" --length-penalty "$LENGTH_PENALTY" \
-      --results "$OUT/$1/val_results.json" --metrics "$OUT/$1/val_metrics.json"
+  for split in $SPLITS; do
+    if [ ! -f "$OUT/$1/${split}_metrics.json" ]; then
+      $CAP evaluate --model "$OUT/$1/best.safetensors" --data "$OUT/data" --split "$split" \
+          --beam-size "$BEAM" --length-penalty "$LENGTH_PENALTY" \
+          --results "$OUT/$1/${split}_results.json" --metrics "$OUT/$1/${split}_metrics.json"
+    fi
+  done
 }
 for ATT in soft hard; do
   train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $TRAIN_FLAGS
@@ -76,18 +84,26 @@ fi
 train soft_scst --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" $SCST_FLAGS
 evaluate soft_scst
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS soft_scst <<'PY'
-import json, sys
+import json, os, sys
 out, seconds, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-rows = ["| model | B-1 | B-2 | B-3 | B-4 | METEOR | ROUGE-L | CIDEr | attention entropy / log P | distinct captions | words used |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
-for att in runs:
-    m = json.load(open(f"{out}/{att}/val_metrics.json"))
-    g = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"
-    rows.append(f"| {att} (beam {int(m['beam_size'])}, length penalty {m['length_penalty']:g}) | "
-                f"{g('coco/BLEU-1')} | {g('coco/BLEU-2')} | "
-                f"{g('coco/BLEU-3')} | {g('coco/BLEU-4')} | {g('coco/METEOR')} | {g('coco/ROUGE-L')} | "
-                f"{g('coco/CIDEr')} | {m['attention_entropy']:.2f} / {m['attention_entropy_uniform']:.2f} | "
-                f"{int(m['distinct_captions'])} / {int(m['images'])} | {int(m['vocabulary_used'])} |")
+cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
+rows = ["Val selected every checkpoint and setting; test was held out (\"-\": the data has no test split).", "",
+        "| model | split | " + " | ".join(c.replace("BLEU-", "B-") for c in cols) +
+        " | attention entropy / log P | distinct captions | words used |",
+        "|---|---|" + "---|" * (len(cols) + 3)]
+for run in runs:
+    for split in ("val", "test"):
+        path = f"{out}/{run}/{split}_metrics.json"
+        if not os.path.exists(path):
+            rows.append(f"| {run} | {split} | " + " | ".join("-" for _ in range(len(cols) + 3)) + " |")
+            continue
+        m = json.load(open(path))
+        g = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"
+        rows.append(f"| {run} (beam {int(m['beam_size'])}, lp {m['length_penalty']:g}) | "
+                    f"{split}{' (selection)' if split == 'val' else ''} | "
+                    + " | ".join(g(f"coco/{c}") for c in cols) +
+                    f" | {m['attention_entropy']:.2f} / {m['attention_entropy_uniform']:.2f} | "
+                    f"{int(m['distinct_captions'])} / {int(m['images'])} | {int(m['vocabulary_used'])} |")
 rows.append(f"\nwall time: {seconds / 60:.1f} min")
 open(f"{out}/results.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))

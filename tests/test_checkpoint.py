@@ -111,5 +111,6 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path):
     weights = dict(model.state_dict())
     weights.pop("decoder.L_o.bias")
     save_checkpoint(path, model.config, _vocab(), weights)
-    with pytest.raises(ValueError, match="weights do not match its config"):
+    with pytest.raises(ValueError, match="field weights: the config implies tensor decoder.L_o.bias, "
+                       "which the weights lack"):
         load_model(path)

@@ -10,7 +10,7 @@ from PIL import Image
 
 import captioner.data.images as images
 from captioner.config import Preprocess
-from captioner.data.images import ImageError, build_transform, load_image, load_tensor
+from captioner.data.images import ImageError, build_transform, load_image
 
 RED = (200, 50, 0)
 
@@ -202,7 +202,7 @@ def test_a_real_photo_loads_unchanged(tmp_path):
 @pytest.mark.parametrize("pre", [Preprocess(64, 0, (0.5,) * 3, (0.5,) * 3), Preprocess(72, 64)])
 def test_a_one_pixel_image_transforms_to_the_model_size(tmp_path, pre):
     solid(color=(77, 77, 77), size=(1, 1)).save(tmp_path / "dot.png")
-    x = load_tensor(tmp_path / "dot.png", pre)
+    x = build_transform(pre)(load_image(tmp_path / "dot.png"))
     assert x.shape == (3, 64, 64) and x.dtype == torch.float32
     expected = torch.tensor([(77 / 255 - m) / s for m, s in zip(pre.mean, pre.std)])
     assert torch.allclose(x, expected[:, None, None].expand_as(x), atol=1e-3)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from captioner.metrics import (AttentionCorrectnessEvaluator, Prediction, box_coverage,
-                               coco_metrics, corpus_bleu, named_objects)
+from captioner.data.shapes_eval import AttentionCorrectnessEvaluator, box_coverage, named_objects
+from captioner.evaluate import score
+from captioner.metrics import (EVALUATORS, CorpusEvaluator, DatasetEvaluators, EvaluationOptions,
+                               Evaluator, Prediction, build_evaluators, coco_metrics, corpus_bleu,
+                               evaluator_names, register_evaluator, registry)
 
 from conftest import SHARED
 
@@ -52,7 +57,7 @@ def test_coco_metrics_score_a_fixed_example():
 
 
 def test_meteor_runs_with_java_or_is_skipped_with_a_message(capsys, monkeypatch):
-    import captioner.metrics as metrics
+    import captioner.metrics.coco as metrics
 
     hyps = {"0": "a dog runs on the grass"}
     refs = {"0": ["a dog runs across the grass", "a brown dog on grass"]}
@@ -107,3 +112,112 @@ def test_attention_correctness_rewards_looking_inside_the_box():
     ev.reset()
     ev.process([Prediction("1", ["a", "red", "square"], [], torch.roll(inside, 3, 1), entry)])
     assert ev.evaluate()["attention_correctness"] == pytest.approx(0.0)
+
+
+# --- evaluators: the registry, the composite, score() ---
+
+def _predictions(boxes: bool = True) -> list[Prediction]:
+    """Three predictions over HYPS/REFS with 4-cell attention; the first carries a shapes box."""
+    entry = {"size": [64, 64], "objects": [{"shape": "square", "color": "red", "size": "large",
+                                            "box": [0, 0, 32, 32]}]}
+    preds = []
+    for i, (h, r) in enumerate(zip(HYPS, REFS)):
+        words = ["a", "red", "square"] + h if i == 0 else h
+        alpha = torch.full((len(words), 4), 0.25)
+        preds.append(Prediction(str(i), words, r, alpha, entry if boxes and i == 0 else None))
+    return preds
+
+
+class _Fixed(Evaluator):
+    """Reports ``values`` whatever it is given."""
+
+    def __init__(self, values: dict[str, float]):
+        self.values = values
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, predictions) -> None:
+        pass
+
+    def evaluate(self) -> dict[str, float]:
+        return dict(self.values)
+
+
+def test_composite_refuses_two_evaluators_reporting_the_same_key():
+    both = DatasetEvaluators({"first": _Fixed({"a": 1.0, "BLEU-4": 0.5}),
+                              "second": _Fixed({"BLEU-4": 0.7})})
+    with pytest.raises(ValueError, match=r"'BLEU-4'.*'first'.*'second'"):
+        both.evaluate()
+    merged = DatasetEvaluators([_Fixed({"a": 1.0}), _Fixed({"b": 2.0})]).evaluate()
+    assert merged == {"a": 1.0, "b": 2.0}
+
+
+@pytest.mark.parametrize("name", evaluator_names())
+def test_every_registered_evaluator_accumulates_batches_and_resets(name):
+    ev = EVALUATORS[name](EvaluationOptions(coco=name == "coco", meteor=False))
+    assert ev is not None
+    preds = _predictions()
+    ev.reset()
+    ev.process(preds)
+    whole = ev.evaluate()
+    assert whole and all(isinstance(v, float) for v in whole.values())
+    ev.reset()
+    ev.process(preds[:1])
+    ev.process(preds[1:])
+    assert ev.evaluate() == pytest.approx(whole)  # two batches give what one gives
+
+
+def test_score_reports_the_keys_the_readme_and_scripts_read():
+    bleu = [f"BLEU-{n}" for n in range(1, 5)]
+    counts = ["attention_entropy", "attention_entropy_uniform", "distinct_captions",
+              "vocabulary_used", "images"]
+    correctness = ["attention_correctness", "attention_correctness_uniform", "attention_words"]
+    metrics, results = score(_predictions(), coco=False)
+    assert list(metrics) == bleu + correctness + ["CIDEr-D"] + counts
+    assert metrics["images"] == 3 and metrics["distinct_captions"] == 3
+    assert metrics["attention_correctness"] == pytest.approx(0.25)  # uniform over 4 cells
+    assert results[0] == {"image_id": "0", "caption": " ".join(_predictions()[0].words)}
+    metrics, results = score(_predictions(boxes=False), coco=True, meteor=False)
+    coco = [f"coco/{k}" for k in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr")]
+    assert list(metrics) == bleu + coco + counts  # no boxes: no attention correctness
+    assert results[0]["image_id"] == 0  # COCO ids are numbers
+
+
+def test_a_new_metric_is_one_registered_evaluator(monkeypatch):
+    evaluator_names()  # the built-ins first
+    monkeypatch.setattr(registry, "EVALUATORS", dict(registry.EVALUATORS))
+
+    @register_evaluator("mean_length")
+    def _mean_length(options):
+        class MeanLength(CorpusEvaluator):
+            def evaluate(self):
+                return {"mean_length": sum(map(len, self.hyps)) / len(self.hyps)}
+        return MeanLength()
+
+    preds = _predictions(boxes=False)
+    metrics, _ = score(preds, coco=False)
+    assert metrics["mean_length"] == pytest.approx(sum(len(p.words) for p in preds) / 3)
+    assert list(metrics)[-1] == "mean_length"  # after the built-ins
+
+
+def test_a_registered_evaluator_that_reuses_a_key_fails_score(monkeypatch):
+    evaluator_names()
+    monkeypatch.setattr(registry, "EVALUATORS", dict(registry.EVALUATORS))
+    register_evaluator("images_again")(lambda options: _Fixed({"images": 1.0}))
+    with pytest.raises(ValueError, match=r"'images'.*'images'.*'images_again'"):
+        score(_predictions(), coco=False)
+
+
+def test_unknown_or_twice_registered_evaluator_names_raise():
+    with pytest.raises(ValueError, match="unknown evaluator 'nope'; known: bleu"):
+        build_evaluators(names=["nope"])
+    with pytest.raises(ValueError, match="'bleu' is already registered"):
+        register_evaluator("bleu")(lambda options: None)
+
+
+def test_metrics_never_import_the_shapes_grammar():
+    code = ("import sys, captioner.metrics as m, captioner.metrics.registry, "
+            "captioner.metrics.captions; assert 'captioner.data.shapes' not in sys.modules, "
+            "'metrics imported the shapes data'")
+    subprocess.run([sys.executable, "-c", code], check=True)

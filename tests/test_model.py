@@ -89,22 +89,22 @@ def test_missing_pretrained_weights_give_one_clear_error(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("attention", sorted(ATTENTIONS))
 def test_gradients_reach_every_trainable_parameter(attention):
-    config = tiny_config(attention, hard_expected_prob=0.0)  # hard: always sample
-    model = build_model(config).train()
+    options = {"expected_prob": 0.0} if attention == "hard" else {}  # hard: always sample
+    model = build_model(tiny_config(attention, attention_options=options)).train()
     caps, lengths = _batch()
     out = model(torch.randn(4, 3, 64, 64), caps, lengths,
                 generator=torch.Generator().manual_seed(0))
-    baseline = torch.zeros(())
-    terms, _ = caption_losses(out, model.config, baseline)
+    terms = {**caption_losses(out, model.config.alpha_c),
+             **model.decoder.attention.loss_terms(out)}
     assert (attention == "hard") == ("reinforce" in terms)
-    terms["total"].backward()
+    sum(terms.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad
                and (p.grad is None or p.grad.abs().sum() == 0)]
     assert missing == []
 
 
 def test_hard_attention_scores_get_gradient_only_through_reinforce():
-    config = tiny_config("hard", hard_expected_prob=0.0, alpha_c=0.0, hard_entropy=0.0)
+    config = tiny_config("hard", alpha_c=0.0, attention_options={"expected_prob": 0.0, "entropy": 0.0})
     model = build_model(config).train()
     caps, lengths = _batch()
     out = model(torch.randn(4, 3, 64, 64), caps, lengths, generator=torch.Generator().manual_seed(1))
@@ -120,13 +120,13 @@ def test_hard_attention_scores_get_gradient_only_through_reinforce():
 
 
 def test_hard_sampling_is_reproducible_under_a_seed():
-    config = tiny_config("hard", hard_expected_prob=0.0)
+    config = tiny_config("hard", attention_options={"expected_prob": 0.0})
     model = build_model(config).train()
     feats = torch.randn(4, 16, model.config.feature_dim)
     caps, lengths = _batch()
 
     def run(seed):
-        out = model(feats, caps, lengths, generator=torch.Generator().manual_seed(seed))
+        out = model(feats, caps, lengths, generator=torch.Generator().manual_seed(seed), encoded=True)
         return out.extras["log_prob"]
 
     assert torch.equal(run(3), run(3))
@@ -146,7 +146,7 @@ def test_hard_attention_uses_expected_context_for_about_half_the_batches():
 
 @pytest.mark.parametrize("mode", ["expected", "argmax"])
 def test_hard_attention_inference_is_deterministic(mode):
-    model = build_model(tiny_config("hard", hard_inference=mode)).eval()
+    model = build_model(tiny_config("hard", attention_options={"inference": mode})).eval()
     feats = torch.randn(2, 16, model.config.feature_dim)
     projected, state = model.decoder.init(feats)
     words = torch.ones(2, dtype=torch.long)
@@ -159,12 +159,12 @@ def test_padding_never_reaches_the_loss():
     model = build_model(tiny_config()).eval()
     feats = torch.randn(3, 16, model.config.feature_dim)
     caps, lengths = _batch(n=3)
-    out1 = model(feats, caps, lengths)
+    out1 = model(feats, caps, lengths, encoded=True)
     garbage = caps.clone()
     for i, L in enumerate(lengths):
         garbage[i, L:] = torch.randint(4, 20, (garbage.shape[1] - int(L),))
     wider = torch.cat([garbage, torch.randint(4, 20, (3, 4))], 1)  # more padding columns too
-    out2 = model(feats, wider, lengths)
+    out2 = model(feats, wider, lengths, encoded=True)
     for a, b in [(out1, out2)]:
         assert torch.allclose(cross_entropy(a.logits, a.targets, a.mask),
                               cross_entropy(b.logits, b.targets, b.mask))
@@ -176,7 +176,7 @@ def test_looping_step_gives_the_teacher_forced_logits():
     model = build_model(tiny_config()).eval()
     feats = torch.randn(3, 16, model.config.feature_dim)
     caps, lengths = _batch(n=3)
-    out = model(feats, caps, lengths)
+    out = model(feats, caps, lengths, encoded=True)
     projected, state = model.decoder.init(feats)
     for t in range(caps.shape[1] - 1):
         step = model.decoder.step(feats, projected, state, caps[:, t])
@@ -233,7 +233,7 @@ def test_a_new_attention_kind_plugs_in_without_touching_the_decoder(monkeypatch)
     monkeypatch.setitem(ATTENTIONS, "uniform", Uniform)
     model = build_model(tiny_config("uniform"))
     caps, lengths = _batch()
-    out = model(torch.randn(4, 16, model.config.feature_dim), caps, lengths)
+    out = model(torch.randn(4, 16, model.config.feature_dim), caps, lengths, encoded=True)
     assert torch.allclose(out.alpha[out.mask], torch.full((int(out.mask.sum()), 16), 1 / 16))
 
 
@@ -284,8 +284,9 @@ def test_beams_can_share_their_images_features_without_copies(kind, inference):
     from captioner.models.attention import build_attention
 
     torch.manual_seed(0)
+    options = {"inference": inference} if kind == "hard" else {}
     att = build_attention(tiny_config(kind, feature_dim=6, hidden_dim=5, attention_dim=4,
-                                      hard_inference=inference)).eval()
+                                      attention_options=options)).eval()
     feats, hidden = torch.randn(3, 7, 6), torch.randn(3 * 4, 5)  # 3 images, 4 beams each
     projected = att.project(feats)
     shared = att(feats, projected, hidden)

@@ -12,14 +12,15 @@ from PIL import Image
 from captioner.config import TrainConfig
 from captioner.data.karpathy import read_karpathy
 from captioner.data.prepare import FeatureSpec, prepare
-from captioner.data.prepared import PreparedData
+from captioner.data.dataset import PreparedData
+from captioner.decoding import DecodeOptions
 from captioner.evaluate import decode_split
 from captioner.inference import Captioner
 from captioner.train import train
 
 from conftest import tiny_config
 
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata  # a declared dependency: a broken install fails, never skips
 
 
 def _photos(folder):
@@ -61,9 +62,9 @@ def test_caption_of_an_image_file_equals_the_caption_from_prepared_features(tmp_
                                                   max_steps=4, progress=False), encoder_given=False)
     cap = Captioner.load(run / "best.safetensors", device="cpu")
     data = PreparedData(data_dir)
-    from_features = decode_split(cap.model, cap.vocab, data, "val", beam_size=3)
+    from_features = decode_split(cap.model, cap.vocab, data, "val", DecodeOptions(beam_size=3))
     assert len(from_features) == 4
     paths = {e["image_id"]: data.image_path(e) for e in data.manifest("val")}
     for pred in from_features:
         path = paths[pred.image_id]
-        assert cap.caption(path, beam_size=3)[0].words == pred.words, path
+        assert cap.caption(path, DecodeOptions(beam_size=3))[0].words == pred.words, path

@@ -1,6 +1,7 @@
 """Readers and `prepare`: Karpathy and COCO files over real photos, features, bad inputs, CLI."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,11 @@ import torch
 from PIL import Image
 
 from captioner.cli import main
+from captioner.config import ModelConfig
 from captioner.data.coco import read_coco
 from captioner.data.karpathy import read_karpathy
 from captioner.data.prepare import FeatureSpec, PrepareError, prepare
-from captioner.data.prepared import FEATURE_DTYPE, PreparedData, collate
+from captioner.data.dataset import FEATURE_DTYPE, PreparedData, collate
 from captioner.data.records import ImageRecord
 from captioner.vocab import Vocabulary
 
@@ -91,7 +93,7 @@ def encoder_of(folder: Path):
 
 
 def assert_memmap_rows_align(folder: Path, split: str) -> np.ndarray:
-    from captioner.data.images import load_tensor
+    from captioner.data.images import build_transform, load_image
 
     data = PreparedData(folder)
     entries = data.manifest(split)
@@ -102,7 +104,7 @@ def assert_memmap_rows_align(folder: Path, split: str) -> np.ndarray:
     rows = np.memmap(path, FEATURE_DTYPE, "r", shape=shape).astype(np.float32)
     encoder, pre = encoder_of(folder)
     with torch.no_grad():
-        expected = encoder(torch.stack([load_tensor(data.image_path(e), pre)
+        expected = encoder(torch.stack([build_transform(pre)(load_image(data.image_path(e)))
                                         for e in entries])).numpy()
     assert np.allclose(rows, expected, rtol=1e-2, atol=1e-3)
     for i in range(len(entries)):  # each row is its own image's, not a neighbour's
@@ -227,15 +229,13 @@ def test_prepared_images_dataset_encodes_captions_up_to_max_len(photos, tmp_path
     data = PreparedData(tmp_path / "p")
     from captioner.config import Preprocess
 
-    dataset = data.dataset("train", Preprocess(32, 0))
+    dataset = data.dataset("train", ModelConfig(len(data.vocab), preprocess=Preprocess(32, 0)))
     batch = collate([dataset[0], dataset[1]])
-    assert batch.inputs.shape == (2, 3, 32, 32)
+    assert batch.inputs.shape == (2, 3, 32, 32) and not batch.encoded
     assert batch.captions.shape == (4, 4 + 2) and batch.lengths.max() == 6
     assert batch.image_index.tolist() == [0, 0, 1, 1]
     assert data.vocab.decode(batch.captions[0]) == ["an", "astronaut", "in", "a"]
     assert batch.references[1][0] == ["a", "cup", "of", "coffee", "on", "a", "saucer"]
-    with pytest.raises(ValueError, match="no precomputed features"):
-        data.dataset("train")
 
 
 def test_tiny_features_memmap_rows_align_with_the_manifest(photos, tmp_path):
@@ -258,9 +258,12 @@ def test_tiny_features_memmap_rows_align_with_the_manifest(photos, tmp_path):
     assert_memmap_rows_align(out, "val")
     assert not list((out / "features").glob("*.tmp"))
 
-    dataset = data.dataset("train")
+    frozen = ModelConfig(len(data.vocab), fine_tune_blocks=0, **data.feature_config())
+    assert data.serves_features(frozen)
+    assert not data.serves_features(replace(frozen, fine_tune_blocks=-1))  # trained: images
+    dataset = data.dataset("train", frozen)
     batch = collate([dataset[i] for i in range(len(dataset))])
-    assert batch.inputs.shape == (4, 4, 128)
+    assert batch.inputs.shape == (4, 4, 128) and batch.encoded
     assert np.allclose(batch.inputs.numpy(), rows)
 
 

@@ -11,7 +11,7 @@ from captioner.data.images import build_transform
 from captioner.models.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, get_backbone, \
     load_efficientnet_lite
 
-skdata = pytest.importorskip("skimage.data")
+import skimage.data as skdata  # a declared dependency: a broken install fails, never skips
 
 
 # variant -> (its native input side, the stride-32 grid that gives), Lite2 at 260 px: 9x9

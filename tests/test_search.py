@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captioner.models import build_model
-from captioner.search import beam_search, greedy
+from captioner.search import beam_search, greedy, sample
 from captioner.vocab import Vocabulary
 
 from conftest import tiny_config
@@ -118,30 +118,92 @@ def test_unk_is_never_generated_unless_allowed():
     assert all(UNK in hs[0].tokens for hs in allowed)
 
 
-def test_beams_ending_at_different_times_keep_their_own_scores():
+def _early_ending_model():
+    """A model that ends some captions after 2-3 words and runs others to max_len."""
     model = _model(vocab=12)
-    feats = torch.randn(4, 16, model.config.feature_dim)
+    with torch.no_grad():
+        model.decoder.L_o.bias[END] += 3.0
+    return model
+
+
+def test_beams_ending_at_different_times_keep_their_own_scores():
+    model = _early_ending_model()
+    feats = torch.randn(4, 16, model.config.feature_dim, generator=torch.Generator().manual_seed(0))
     for i, hyps in enumerate(beam_search(model.decoder, feats, beam_size=5, max_len=6, n_best=5)):
-        lengths = {len(h.tokens) for h in hyps}
-        for h in hyps:
+        assert len(hyps) == 5
+        assert len({len(h.tokens) for h in hyps}) > 1, "the test needs beams of mixed lengths"
+        for h in hyps:  # a beam that ended early kept its score while the others went on
+            assert h.finished
             assert h.log_prob == pytest.approx(_score(model, feats[i: i + 1], h.tokens), abs=1e-4)
-        assert len(hyps) == 5 and lengths  # mixed lengths are scored exactly too
+            assert h.score == h.log_prob
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+
+
+def test_a_beam_wider_than_all_captions_returns_every_length_ranked_by_log_prob():
+    model = _model(vocab=7)  # 3 real words, captions of 0..3 words: 1 + 3 + 9 + 27 = 40
+    feats = torch.randn(1, 16, model.config.feature_dim, generator=torch.Generator().manual_seed(1))
+    candidates = [list(s) for n in range(4) for s in itertools.product(range(4, 7), repeat=n)]
+    ranked = sorted(candidates, key=lambda s: _score(model, feats, s), reverse=True)
+    hyps = beam_search(model.decoder, feats, beam_size=40, max_len=3, n_best=40)[0]
+    assert [h.tokens for h in hyps] == ranked
+    assert [h.log_prob for h in hyps] == pytest.approx([_score(model, feats, s) for s in ranked],
+                                                       abs=1e-4)
 
 
 def test_length_penalty_prefers_longer_captions():
-    model = _model(vocab=12)
-    feats = torch.randn(8, 16, model.config.feature_dim)
-    plain = beam_search(model.decoder, feats, beam_size=5, max_len=8)
-    normed = beam_search(model.decoder, feats, beam_size=5, max_len=8, length_penalty=1.0)
-    mean = lambda rs: sum(len(r[0].tokens) for r in rs) / len(rs)
-    assert mean(normed) >= mean(plain)
+    model = _early_ending_model()
+    feats = torch.randn(6, 16, model.config.feature_dim, generator=torch.Generator().manual_seed(0))
+    lp = 1.0
+    plain = beam_search(model.decoder, feats, beam_size=5, max_len=6, n_best=5)
+    normed = beam_search(model.decoder, feats, beam_size=5, max_len=6, n_best=5, length_penalty=lp)
+    changed = 0
+    for p, n in zip(plain, normed):
+        # the penalty only reranks the same final beams: score = log p / (words + <end>) ** lp
+        assert sorted(h.tokens for h in n) == sorted(h.tokens for h in p)
+        for h in n:
+            assert h.score == pytest.approx(h.log_prob / (len(h.tokens) + 1) ** lp, abs=1e-6)
+        assert [h.score for h in n] == sorted((h.score for h in n), reverse=True)
+        assert len(n[0].tokens) >= len(p[0].tokens)
+        changed += len(n[0].tokens) > len(p[0].tokens)
+    assert changed, "length_penalty=1 chose the same caption as no penalty on every image"
 
 
-def test_search_restores_the_training_flag_and_needs_no_grad():
-    model = _model(vocab=12).train()
-    feats = torch.randn(1, 16, model.config.feature_dim, requires_grad=True)
-    beam_search(model.decoder, feats, beam_size=2, max_len=3)
-    assert model.decoder.training
+class _Recorder:
+    """Wraps decoder.step to record the mode each step runs in."""
+
+    def __init__(self, decoder):
+        self.step, self.calls = decoder.step, []
+        self.decoder = decoder
+
+    def __call__(self, *args, **kwargs):
+        out = self.step(*args, **kwargs)
+        self.calls.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled(),
+                           out.logits.requires_grad, self.decoder.training))
+        return out
+
+
+@pytest.mark.parametrize("search", ["beam", "greedy", "sample"])
+@pytest.mark.parametrize("training", [True, False])
+def test_search_restores_the_training_flag_and_needs_no_grad(search, training, monkeypatch):
+    model = _model(vocab=12).train(training)
+    for p in model.parameters():
+        assert p.requires_grad
+    recorder = _Recorder(model.decoder)
+    monkeypatch.setattr(model.decoder, "step", recorder)
+    feats = torch.randn(2, 16, model.config.feature_dim, requires_grad=True)
+    if search == "beam":
+        alphas = [h.alpha for hs in beam_search(model.decoder, feats, beam_size=2, max_len=3)
+                  for h in hs]
+    elif search == "greedy":
+        alphas = [h.alpha for h in greedy(model.decoder, feats, max_len=3)]
+    else:
+        alphas = [sample(model.decoder, feats, 2, max_len=3).alpha]
+    assert recorder.calls
+    # every step in eval mode under inference_mode: no autograd graph is built
+    assert all(c == (True, False, False, False) for c in recorder.calls), recorder.calls
+    assert not any(a.requires_grad for a in alphas)
+    assert model.decoder.training is training  # the caller's mode is given back
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
 def test_no_caption_ends_right_after_a_blocked_word():

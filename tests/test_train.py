@@ -15,7 +15,8 @@ import torch
 
 from captioner.checkpoint import load_checkpoint
 from captioner.config import TrainConfig
-from captioner.data.prepared import PreparedData, collate
+from captioner.data.dataset import PreparedData, collate
+from captioner.errors import UserError
 from captioner.losses import caption_losses
 from captioner.models import build_model
 from captioner.train import TrainingError, epoch_batches, train
@@ -37,16 +38,16 @@ def test_overfits_a_handful_of_shapes_images(shapes_dir, attention):
     config = tiny_config(attention, vocab_size=len(data.vocab), hidden_dim=64, embed_dim=32,
                          attention_dim=32, max_len=data.max_len, alpha_c=0.0)
     model = build_model(config).train()
-    batch = collate([data.dataset("train", config.preprocess)[i] for i in range(6)])
+    batch = collate([data.dataset("train", model.config)[i] for i in range(6)])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
-    baseline = torch.zeros(())
     losses = []
     for _ in range(120):
         out = model(batch.inputs, batch.captions, batch.lengths, batch.image_index, g)
-        terms, baseline = caption_losses(out, model.config, baseline)
+        terms = {**caption_losses(out, model.config.alpha_c),
+                 **model.decoder.attention.loss_terms(out)}
         opt.zero_grad()
-        terms["total"].backward()
+        sum(terms.values()).backward()
         opt.step()
         losses.append(terms["ce"].item())
     assert losses[-1] < 0.25 * losses[0], losses[::20]
@@ -117,18 +118,18 @@ def _config(data, out, **kw):
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         shapes_dir, tmp_path, monkeypatch):
-    import captioner.train as tr
+    import captioner.objectives as objectives
 
     calls = {"n": 0}
 
-    def poisoned(out, config, baseline=None, label_smoothing=0.0):
-        terms, b = caption_losses(out, config, baseline, label_smoothing)
+    def poisoned(out, alpha_c=0.0, label_smoothing=0.0):
+        terms = caption_losses(out, alpha_c, label_smoothing)
         calls["n"] += 1
         if calls["n"] == 5:
-            terms["total"] = terms["total"] * float("nan")
-        return terms, b
+            terms["ce"] = terms["ce"] * float("nan")
+        return terms
 
-    monkeypatch.setattr(tr, "caption_losses", poisoned)
+    monkeypatch.setattr(objectives, "caption_losses", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"loss became nan at step 4.*last\.safetensors"):
         train(tiny_config(), _config(shapes_dir, run, batch_size=4, max_steps=20, save_every=2))
@@ -147,7 +148,7 @@ def test_resume_on_data_with_another_vocabulary_is_refused(shapes_dir, tmp_path)
     prepare(generate(other, {"train": 3}, seed=9), other, "shapes", min_count=1, progress=False)
     with pytest.raises(TrainingError, match="different vocabulary"):
         train(tiny_config(), _config(other, run), resume=True)
-    with pytest.raises(TrainingError, match="already has a run; use --resume"):
+    with pytest.raises(UserError, match="already holds a run .*; use --resume"):
         train(tiny_config(), _config(shapes_dir, run))
 
 
@@ -211,10 +212,10 @@ def test_init_from_a_checkpoint_with_another_vocabulary_is_refused(shapes_dir, t
 
 
 def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):
-    from captioner.data.prepared import CaptionPairs
+    from captioner.data.dataset import CaptionPairs
 
     data = PreparedData(shapes_dir)
-    images = data.dataset("train", tiny_config().preprocess)
+    images = data.dataset("train", tiny_config())
     pairs = CaptionPairs(images)
     assert len(pairs) == sum(len(e["captions"]) for e in images.entries)
     k = len(images.entries[0]["captions"])
@@ -224,7 +225,7 @@ def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):
     result = train(tiny_config(), _config(shapes_dir, tmp_path / "run", batch_size=8,
                                           max_steps=2, batch_by="caption"))
     assert result.step == 2
-    with pytest.raises(TrainingError, match="--batch-by must be image or caption"):
+    with pytest.raises(TrainingError, match="--batch-by must be one of image, caption"):
         train(tiny_config(), _config(shapes_dir, tmp_path / "bad", batch_by="word"))
 
 

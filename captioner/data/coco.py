@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 from pathlib import Path
 
+from ..argtypes import existing_dir, existing_file
 from ..fileio import read_json
 from ..vocab import tokenize
-from .records import ImageRecord
+from .readers import register_reader
+from .records import SPLITS, ImageRecord
 
 
 def read_coco(annotation_file: str | Path, image_dir: str | Path, split: str) -> list[ImageRecord]:
@@ -38,3 +41,19 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, split: str) ->
     except (KeyError, TypeError, AttributeError) as exc:  # AttributeError: a non-text caption
         raise ValueError(f"{annotation_file}: missing or malformed field ({exc})") from None
     return records
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--annotations", required=True, type=existing_file,
+                        help="captions_train2014.json or similar")
+    parser.add_argument("--images", required=True, type=existing_dir,
+                        help="folder with the images it names")
+    parser.add_argument("--split", default=None, choices=list(SPLITS),
+                        help="split to file it under (default: from the file name, else train)")
+
+
+@register_reader("coco", "raw COCO caption annotations (captions_*.json)", _add_arguments)
+def _read(args: argparse.Namespace) -> list[ImageRecord]:
+    """`prepare coco`: one split, ``--split`` or the one the file name mentions, else train."""
+    split = args.split or next((s for s in SPLITS if s in Path(args.annotations).name), "train")
+    return read_coco(args.annotations, args.images, split)

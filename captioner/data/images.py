@@ -112,7 +112,3 @@ def build_transform(pre: Preprocess) -> ImageTransform:
     """The encoder input transform that ``pre`` describes (training and inference share it)."""
     return ImageTransform(pre)
 
-
-def load_tensor(path: str | Path, pre: Preprocess) -> torch.Tensor:
-    """Load an image file and preprocess it: the one path both training and inference use."""
-    return build_transform(pre)(load_image(path))

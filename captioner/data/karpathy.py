@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
+from ..argtypes import existing_dir, existing_file
 from ..fileio import read_json
 from ..vocab import tokenize
+from .readers import register_reader
 from .records import ImageRecord
 
 
@@ -38,3 +41,16 @@ def read_karpathy(json_path: str | Path, image_dir: str | Path) -> list[ImageRec
         path = Path(image_dir) / entry.get("filepath", "") / filename
         records.append(ImageRecord(str(image_id), path, split, [c for c in captions if c]))
     return records
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", required=True, type=existing_file, help="the split JSON file")
+    parser.add_argument("--images", required=True, type=existing_dir, help="folder the JSON's filepath/filename "
+                        "are relative to")
+
+
+@register_reader("karpathy", "a Karpathy split JSON (dataset_coco.json, dataset_flickr8k.json, "
+                 "...) and its image folder", _add_arguments)
+def _read(args: argparse.Namespace) -> list[ImageRecord]:
+    """`prepare karpathy`: ``read_karpathy(--json, --images)``."""
+    return read_karpathy(args.json, args.images)

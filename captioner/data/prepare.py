@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -17,9 +18,9 @@ from tqdm import tqdm
 from ..config import Preprocess
 from ..errors import UserError
 from ..fileio import atomic_write, atomic_write_json
-from ..vocab import Vocabulary
+from ..vocab import DEFAULT_MIN_COUNT, Vocabulary
 from .images import ImageError, build_transform, load_image
-from .prepared import FEATURE_DTYPE
+from .dataset import FEATURE_DTYPE
 from .records import SPLITS, ImageRecord
 
 
@@ -76,7 +77,29 @@ def _collate(items):
     return [i for i, _ in good], stacked, [x for _, x in items if isinstance(x, str)], len(items)
 
 
-def prepare(records: list[ImageRecord], out_dir: str | Path, source: str, min_count: int = 5,
+def claim_output(out: Path, overwrite: bool = False) -> bool:
+    """Make ``out`` ready for a new prepared folder: a new or empty folder is fine; a prepared
+    folder (it has meta.json) is emptied only with ``overwrite``; anything else is refused, one
+    line naming it. Returns whether the folder was created here."""
+    if not out.exists():
+        out.mkdir(parents=True)
+        return True
+    held = sorted(p.name for p in out.iterdir())
+    if not held:
+        return False
+    if not (out / "meta.json").is_file():
+        raise ValueError(f"{out}: holds other files ({', '.join(held[:3])}"
+                         f"{', ...' if len(held) > 3 else ''}); pick a new or empty --out")
+    if not overwrite:
+        raise ValueError(f"{out}: already holds a prepared dataset; pass --overwrite to replace "
+                         "it or pick another --out")
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return False
+
+
+def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
+            min_count: int = DEFAULT_MIN_COUNT,
             max_len: int = 20, features: FeatureSpec | None = None, progress: bool = True
             ) -> PrepareReport:
     """Check every image, build the vocabulary on train, write manifests and (optionally)

@@ -8,12 +8,15 @@ attention correctness (Liu et al. 2017) needs.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..argtypes import int_range
+from .readers import register_reader
 from .records import SPLITS, ImageRecord
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -26,6 +29,8 @@ COLORS = {
 }
 SIZES = {"small": 0.2, "large": 0.36}  # side of the object's box as a fraction of the image
 _SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}
+IMAGE_SIZE = 64  # default image side in pixels
+DEFAULT_COUNTS = {"train": 3000, "val": 250, "test": 250}  # images per split (`prepare`, demo)
 
 
 @dataclass
@@ -40,7 +45,7 @@ class ShapeObject:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
-def make_image(seed: int, split: str, index: int, size: int = 64
+def make_image(seed: int, split: str, index: int, size: int = IMAGE_SIZE
                ) -> tuple[Image.Image, list[ShapeObject], list[list[tuple[str, int]]]]:
     """Generate one image, its objects and 5 captions as (word, object index or -1) lists."""
     rng = np.random.default_rng([seed, _SPLIT_CODE[split], index])
@@ -52,7 +57,7 @@ def make_image(seed: int, split: str, index: int, size: int = 64
     return image, objects, _captions(rng, objects)
 
 
-def generate(out_dir: str | Path, counts: dict[str, int], seed: int = 0, size: int = 64,
+def generate(out_dir: str | Path, counts: dict[str, int], seed: int = 0, size: int = IMAGE_SIZE,
              progress: bool = False) -> list[ImageRecord]:
     """Write the shapes images under ``out_dir/images`` and return their records."""
     from tqdm import tqdm
@@ -73,6 +78,24 @@ def generate(out_dir: str | Path, counts: dict[str, int], seed: int = 0, size: i
             word_objects=[[k for _, k in cap] for cap in captions],
             size=(size, size)))
     return records
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    for split in SPLITS:
+        parser.add_argument(f"--{split}", type=int_range(0), default=DEFAULT_COUNTS[split],
+                            help=f"{split} images (default: %(default)s)")
+    parser.add_argument("--size", type=int_range(16, 1024), default=IMAGE_SIZE,
+                        help="image side in pixels (default: %(default)s)")
+    parser.add_argument("--seed", type=int_range(0), default=0, help="(default: %(default)s)")
+
+
+# every word of the tiny grammar is seen often: keep them all (min_count 1)
+@register_reader("shapes", "generate the built-in synthetic shapes dataset", _add_arguments,
+                 min_count=1)
+def read_shapes(args: argparse.Namespace) -> list[ImageRecord]:
+    """`prepare shapes`: generate the images into ``args.out`` and return their records."""
+    counts = {split: getattr(args, split) for split in SPLITS}
+    return generate(args.out, counts, args.seed, args.size, progress=not args.no_progress)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:

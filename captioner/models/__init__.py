@@ -1,7 +1,7 @@
 """Model parts: encoders, attention kinds, the decoder and the full captioner."""
 
 from .attention import ATTENTIONS, Attention, AttentionOutput, HardAttention, SoftAttention
-from .captioner import CaptionModel, build_model
+from .model import CaptionModel, build_model
 from .decoder import Decoder, DecoderOutput, DecoderState, StepOutput
 from .encoder import ENCODERS, Encoder, get_backbone
 

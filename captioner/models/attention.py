@@ -1,22 +1,28 @@
 """Pluggable attention: the contract, soft (section 4.2) and hard (section 4.1) attention.
 
-An attention module is built from ``(feature_dim, hidden_dim, attention_dim)``. The decoder calls
-``project(features)`` once per image, ``reset(batch_size, generator)`` once per caption batch, and
-then ``attention(features, projected, hidden)`` at every word. A new kind subclasses ``Attention``,
-registers in ``ATTENTIONS`` and needs no change to the decoder.
+An attention module is built from ``(feature_dim, hidden_dim, attention_dim, options)``. The
+decoder calls ``project(features)`` once per image, ``reset(batch_size, generator)`` once per
+caption batch, and then ``attention(features, projected, hidden)`` at every word; training adds
+``loss_terms(output)``, the kind's own loss terms. A new kind subclasses ``Attention``, declares
+its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag and is saved in the
+checkpoint's ``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import caption_log_likelihood, reinforce
+
 if TYPE_CHECKING:
     from ..config import ModelConfig
+    from .decoder import DecoderOutput
 
 
 @dataclass
@@ -32,16 +38,27 @@ class Attention(nn.Module):
     ``features`` and ``projected`` have one row per hidden row, or one per image when the
     hidden rows come k per image, image-major (beam search's beams)."""
 
-    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int):
+    @dataclass
+    class Options:
+        """The kind's own settings (none for the base)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int,
+                 options: Any = None):
         super().__init__()
+        self.options = options if options is not None else self.Options()
         self.feature_proj = nn.Linear(feature_dim, attention_dim)
         self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
         self.score = nn.Linear(attention_dim, 1)
 
     @classmethod
     def from_config(cls, config: "ModelConfig") -> "Attention":
-        """Build from a model config; a kind with options of its own overrides this."""
-        return cls(config.feature_dim, config.hidden_dim, config.attention_dim)
+        """Build from a model config and its ``attention_options``."""
+        return cls(config.feature_dim, config.hidden_dim, config.attention_dim,
+                   cls.Options(**config.attention_options))
+
+    def loss_terms(self, output: "DecoderOutput") -> dict[str, torch.Tensor]:
+        """Extra training loss terms of this kind for a teacher-forced batch (none here)."""
+        return {}
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """W_a a_i for every location, computed once per image: (B, P, D) -> (B, P, A)."""
@@ -99,9 +116,9 @@ class HardAttention(Attention):
     """Stochastic hard attention: one location s_t ~ Multinoulli(alpha_t), z_t = a_{s_t}.
 
     Training (eq. 12 with the authors' variance reduction): a location is sampled and its
-    log-probability and the entropy of alpha go to ``extras`` for the REINFORCE terms; with
-    probability ``expected_prob`` a whole minibatch uses the expected context instead (one coin per
-    batch, as in the authors' code).
+    log-probability and the entropy of alpha go to ``extras``, from which ``loss_terms`` makes
+    the REINFORCE terms; with probability ``expected_prob`` a whole minibatch uses the expected
+    context instead (one coin per batch, as in the authors' code).
 
     Inference uses ``inference`` = "expected" (default) or "argmax". The expectation is the
     default because it is deterministic, it is what half of all training batches used, and it
@@ -109,32 +126,35 @@ class HardAttention(Attention):
     exactly where the model looked.
     """
 
-    def __init__(self, feature_dim: int, hidden_dim: int, attention_dim: int,
-                 expected_prob: float = 0.5, inference: str = "expected"):
-        super().__init__(feature_dim, hidden_dim, attention_dim)
-        if inference not in ("expected", "argmax"):
-            raise ValueError(f"hard attention inference must be 'expected' or 'argmax', not {inference!r}")
-        self.expected_prob = expected_prob
-        self.inference = inference
+    @dataclass
+    class Options:
+        baseline_decay: float = 0.9  # of the moving-average baseline b_k
+        reward_scale: float = 0.1  # lambda_r
+        entropy: float = 0.002  # lambda_e
+        expected_prob: float = 0.5  # chance that a minibatch uses the expected context
+        inference: str = "expected"  # "expected" or "argmax"
+
+    INFERENCE = ("expected", "argmax")
+
+    def __init__(self, feature_dim, hidden_dim, attention_dim, options=None):
+        super().__init__(feature_dim, hidden_dim, attention_dim, options)
+        if self.options.inference not in self.INFERENCE:
+            raise ValueError(f"hard attention inference must be 'expected' or 'argmax', "
+                             f"not {self.options.inference!r}")
         self.use_expected = False
         # moving-average baseline b_k of the REINFORCE estimator, saved with the weights
         self.register_buffer("baseline", torch.zeros(()))
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(config.feature_dim, config.hidden_dim, config.attention_dim,
-                   config.hard_expected_prob, config.hard_inference)
 
     def reset(self, batch_size, generator=None):
         if self.training:  # inference draws nothing, so it never shifts the training RNG
             coin = torch.rand((), generator=generator,
                               device=generator.device if generator is not None else None)
-            self.use_expected = bool(coin < self.expected_prob)
+            self.use_expected = bool(coin < self.options.expected_prob)
 
     def forward(self, features, projected, hidden, generator=None):
         alpha = self.weights(projected, hidden)
         if not self.training:
-            if self.inference == "expected":
+            if self.options.inference == "expected":
                 return AttentionOutput(self.context(alpha, features), alpha)
             index = alpha.argmax(-1)
             image = torch.arange(len(index), device=index.device) // (len(index) // len(features))
@@ -149,14 +169,34 @@ class HardAttention(Attention):
             log_prob = torch.log(alpha.gather(1, index[:, None]).squeeze(1).clamp_min(1e-12))
         return AttentionOutput(context, alpha, {"log_prob": log_prob, "entropy": entropy})
 
+    def loss_terms(self, output):
+        """The REINFORCE and entropy terms of section 4.1, rewarded with the plain
+        log-likelihood of the captions; moves the baseline on."""
+        o = self.options
+        ll = caption_log_likelihood(output.logits, output.targets, output.mask)
+        terms, baseline = reinforce(ll, output.extras["log_prob"], output.extras["entropy"],
+                                    output.mask, self.baseline, o.reward_scale, o.entropy,
+                                    o.baseline_decay)
+        self.baseline.copy_(baseline)
+        return terms
+
 
 ATTENTIONS: dict[str, type[Attention]] = {"soft": SoftAttention, "hard": HardAttention}
 
 
+def attention_class(name: str) -> type[Attention]:
+    """The registered kind ``name``; an unknown name raises ValueError listing the known ones."""
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; known: {', '.join(sorted(ATTENTIONS))}")
+    return ATTENTIONS[name]
+
+
 def build_attention(config: "ModelConfig") -> Attention:
-    """Build ``config.attention`` from the registry; an unknown name raises ValueError listing
-    the known ones."""
-    if config.attention not in ATTENTIONS:
-        raise ValueError(f"unknown attention {config.attention!r}; "
-                         f"known: {', '.join(sorted(ATTENTIONS))}")
-    return ATTENTIONS[config.attention].from_config(config)
+    """Build ``config.attention`` from the registry with its ``attention_options``."""
+    cls = attention_class(config.attention)
+    known = {f.name for f in dataclasses.fields(cls.Options)}
+    unknown = set(config.attention_options) - known
+    if unknown:
+        raise ValueError(f"{config.attention} attention has no option {sorted(unknown)[0]!r} "
+                         f"(its options: {', '.join(sorted(known)) or 'none'})")
+    return cls.from_config(config)

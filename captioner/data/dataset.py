@@ -1,6 +1,6 @@
-"""The prepared folder: vocabulary, per-split manifests, optional float16 features memmap.
+"""Reading a prepared folder as Datasets: ``PreparedData``, ``CaptionDataset``, ``collate``.
 
-Layout written by ``captioner prepare``::
+``data/prepare.py`` writes the folder (``captioner prepare``); its layout::
 
     DIR/meta.json            source, counts, vocabulary settings, features description
     DIR/vocab.json           the Vocabulary
@@ -33,17 +33,19 @@ class Sample:
     inputs: torch.Tensor  # (P, D) features or (3, S, S) image
     captions: list[list[int]]  # encoded: <start> ... <end>
     references: list[list[str]]  # every caption of the image, tokenized
+    encoded: bool  # inputs are precomputed features, not an image
 
 
 @dataclass
 class Batch:
-    inputs: torch.Tensor  # (B, P, D) or (B, 3, S, S)
+    inputs: torch.Tensor  # (B, P, D) features when ``encoded``, else images (B, 3, S, S)
     captions: torch.Tensor  # (N, L) all captions of the batch's images, padded
     lengths: torch.Tensor  # (N,) tokens incl. <start>/<end>
     image_index: torch.Tensor  # (N,) which image of the batch each caption belongs to
     indices: list[int]
     image_ids: list[str]
     references: list[list[list[str]]]
+    encoded: bool
 
 
 def collate(samples: list[Sample]) -> Batch:
@@ -57,7 +59,7 @@ def collate(samples: list[Sample]) -> Batch:
                                dtype=torch.long)
     return Batch(torch.stack([s.inputs for s in samples]), padded, lengths, image_index,
                  [s.index for s in samples], [s.image_id for s in samples],
-                 [s.references for s in samples])
+                 [s.references for s in samples], samples[0].encoded)
 
 
 class PreparedData:
@@ -82,13 +84,15 @@ class PreparedData:
         f = self.features
         assert f is not None
         return {"encoder": f["encoder"], "grid_size": f["grid_size"],
-                "feature_dim": f["feature_dim"], "preprocess": Preprocess(**{
-                    **f["preprocess"], "mean": tuple(f["preprocess"]["mean"]),
-                    "std": tuple(f["preprocess"]["std"])})}
+                "feature_dim": f["feature_dim"], "preprocess": Preprocess.from_dict(f["preprocess"])}
 
-    def features_match(self, config: ModelConfig) -> bool:
+    def serves_features(self, config: ModelConfig) -> bool:
+        """Whether a model of ``config`` reads this folder's precomputed features instead of
+        its images: the features exist, were made by exactly its encoder, grid and
+        preprocessing, and its encoder is frozen. The one place this is decided."""
         f = self.features
-        return f is not None and all(getattr(config, k) == v for k, v in self.feature_config().items())
+        return (f is not None and config.fine_tune_blocks == 0
+                and all(getattr(config, k) == v for k, v in self.feature_config().items()))
 
     def manifest(self, split: str) -> list[dict]:
         path = self.root / f"{split}.json"
@@ -101,16 +105,13 @@ class PreparedData:
         path = Path(entry["path"])
         return path if path.is_absolute() else self.root / path
 
-    def dataset(self, split: str, preprocess: Preprocess | None = None) -> "CaptionDataset":
-        """The split as a Dataset of images (with ``preprocess``) or, when ``preprocess`` is
-        None, of the precomputed features."""
+    def dataset(self, split: str, config: ModelConfig) -> "CaptionDataset":
+        """The split as a model of ``config`` reads it: precomputed features when it
+        ``serves_features``, else images preprocessed as the config says."""
         entries = self.manifest(split)
-        if preprocess is None:
-            if self.features is None:
-                raise ValueError(f"{self.root}: has no precomputed features; "
-                                 "run `captioner prepare ... --features ENCODER`")
+        if self.serves_features(config):
             return CaptionDataset(self, entries, features=self.root / "features" / f"{split}.f16")
-        return CaptionDataset(self, entries, preprocess=preprocess)
+        return CaptionDataset(self, entries, preprocess=config.preprocess)
 
 
 class CaptionDataset(Dataset):
@@ -148,7 +149,8 @@ class CaptionDataset(Dataset):
         refs = [c.split() for c in entry["captions"]]
         vocab, max_len = self.data.vocab, self.data.max_len
         chosen = refs if caption is None else [refs[caption]]
-        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in chosen], refs)
+        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in chosen], refs,
+                      self.features_path is not None)
 
 
 class CaptionPairs(Dataset):

@@ -1,4 +1,4 @@
-"""CIDEr-D as a training reward, with document frequencies from the training corpus.
+"""CIDEr-D with document frequencies from a given corpus: the SCST reward, and an evaluator.
 
 pycocoevalcap's ``Cider`` (the same CIDEr-D) recomputes n-gram document frequencies from the
 captions it is asked to score: right for scoring a test split, wrong for a reward computed on a
@@ -15,6 +15,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 from pycocoevalcap.cider.cider_scorer import precook
+
+from .base import CorpusEvaluator, Evaluator
+from .registry import EvaluationOptions, register_evaluator
 
 Caption = Sequence[str]
 
@@ -74,3 +77,20 @@ class CiderD:
                ) -> list[float]:
         """``score`` of each candidate against the references at the same position."""
         return [self.score(c, r) for c, r in zip(candidates, references, strict=True)]
+
+
+class CiderDEvaluator(CorpusEvaluator):
+    """``CIDEr-D`` in process, document frequencies from these captions' references (as
+    pycocoevalcap's), for when the pycocoevalcap scorers are not run."""
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.hyps:
+            return {}
+        scores = CiderD(self.refs).scores(self.hyps, self.refs)
+        return {"CIDEr-D": sum(scores) / len(scores)}
+
+
+@register_evaluator("cider_d")
+def _cider_d(options: EvaluationOptions) -> Evaluator | None:
+    # without pycocoevalcap's scorers, its CIDEr-D computed in process
+    return None if options.coco else CiderDEvaluator()

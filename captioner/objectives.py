@@ -1,0 +1,146 @@
+"""Training objectives behind one interface: ``objective.loss(batch) -> named loss terms``.
+
+``likelihood`` ("xe") is the paper's: cross-entropy, the doubly stochastic term and whatever
+terms the attention kind adds (hard attention's REINFORCE). ``scst`` is self-critical training
+on CIDEr-D (Rennie et al. 2017). A new objective is one class registered with
+``@register_objective("name")``; the Trainer looks it up by ``TrainConfig.objective``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .data.dataset import Batch, CaptionDataset
+from .losses import caption_log_likelihood, caption_losses, self_critical
+from .metrics import CiderD
+from .models.model import CaptionModel
+from .search import banned_mask, sample
+from .vocab import Vocabulary
+
+
+@dataclass
+class StepContext:
+    """What an objective needs to compute a batch's loss: the model (and the module to call,
+    its DDP wrapper under torchrun), the device, the training RNG and the autocast context."""
+
+    model: CaptionModel
+    forward: nn.Module
+    device: torch.device
+    generator: torch.Generator
+    autocast: Callable[[], AbstractContextManager]
+
+
+class Objective:
+    """A training objective. ``check`` refuses settings it cannot train with before any work;
+    ``loss`` returns the named terms of one batch, ``total`` among them."""
+
+    def __init__(self, ctx: StepContext, cfg: TrainConfig, dataset: CaptionDataset):
+        self.ctx, self.cfg = ctx, cfg
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Raise ValueError (one line naming the flag) for settings this objective refuses."""
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _forward(self, batch: Batch, captions: torch.Tensor, lengths: torch.Tensor,
+                 image_index: torch.Tensor, inputs: torch.Tensor | None = None):
+        """Teacher-forced decoder outputs (logits in float32) for ``captions`` of the batch's
+        images (or of ``inputs``, features already computed)."""
+        ctx = self.ctx
+        source = batch.inputs.to(ctx.device, non_blocking=True) if inputs is None else inputs
+        encoded = batch.encoded if inputs is None else True
+        with ctx.autocast():
+            out = ctx.forward(source, captions.to(ctx.device), lengths,
+                              image_index.to(ctx.device), ctx.generator, encoded=encoded)
+        out.logits = out.logits.float()
+        return out
+
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(name: str):
+    """Register an Objective class under ``name`` (a decorator)."""
+    def add(cls: type[Objective]) -> type[Objective]:
+        OBJECTIVES[name] = cls
+        return cls
+    return add
+
+
+def objective_class(name: str) -> type[Objective]:
+    """The objective called ``name``; an unknown one raises ValueError listing the known."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {', '.join(sorted(OBJECTIVES))}, "
+                         f"not {name!r}")
+    return OBJECTIVES[name]
+
+
+@register_objective("xe")
+class Likelihood(Objective):
+    """The paper's objective (eq. 14): -log p(y | a), lambda * the doubly stochastic term, and
+    the attention kind's own terms."""
+
+    def loss(self, batch):
+        out = self._forward(batch, batch.captions, batch.lengths, batch.image_index)
+        model = self.ctx.model
+        terms = caption_losses(out, model.config.alpha_c, self.cfg.label_smoothing)
+        terms.update(model.decoder.attention.loss_terms(out))
+        terms["total"] = sum(terms.values())
+        return terms
+
+
+@register_objective("scst")
+class SelfCritical(Objective):
+    """Self-critical training: draw ``scst_samples`` captions per image, reward each with
+    CIDEr-D against the image's references (document frequencies from all training
+    references), and raise the log-probability of those that beat their siblings' mean.
+    Dropout is off throughout, so the gradient is of the distribution the captions were drawn
+    from (hard attention: its inference-time context, no sampled locations)."""
+
+    def __init__(self, ctx, cfg, dataset):
+        super().__init__(ctx, cfg, dataset)
+        self.reward = CiderD([[c.split() for c in e["captions"]] for e in dataset.entries])
+        self.vocab = dataset.data.vocab
+        self.banned = banned_mask(ctx.model.config.vocab_size, device=ctx.device)
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.batch_by != "image" or cfg.scst_samples < 2:
+            raise ValueError("--objective scst needs --batch-by image (an image's references "
+                             "score its samples) and --scst-samples >= 2")
+
+    def loss(self, batch):
+        ctx, n = self.ctx, self.cfg.scst_samples
+        model = ctx.model
+        model.eval()
+        try:
+            with torch.no_grad():
+                features = model.features(batch.inputs.to(ctx.device, non_blocking=True),
+                                          batch.encoded)
+            drawn = sample(model.decoder, features, n, model.config.max_len, ctx.generator)
+            words = [self.vocab.decode(row[:k]) for row, k in
+                     zip(drawn.tokens.tolist(), drawn.lengths.tolist())]
+            refs = [r for r in batch.references for _ in range(n)]
+            rewards = torch.tensor(self.reward.scores(words, refs)).view(-1, n)
+            start = torch.full_like(drawn.tokens[:, :1], Vocabulary.start_id)
+            index = torch.arange(len(features), device=ctx.device).repeat_interleave(n)
+            # a frozen encoder's features are reused; a trained one encodes again with gradients
+            reuse = None if model.encoder.trainable else features
+            out = self._forward(batch, torch.cat([start, drawn.tokens], 1), drawn.lengths + 2,
+                                index, reuse)
+        finally:
+            model.train()
+        mask = out.mask.clone()
+        forced = drawn.forced_end.nonzero().flatten()
+        mask[forced, drawn.lengths[forced]] = False  # max_len's <end> was not drawn
+        log_prob = caption_log_likelihood(out.logits, out.targets, mask, self.banned)
+        loss = self_critical(log_prob, rewards, mask.sum())
+        return {"scst": loss, "reward": rewards.mean(), "total": loss}

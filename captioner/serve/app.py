@@ -1,0 +1,186 @@
+"""The HTTP service: ``create_app(captioner)``, a FastAPI app with the captioning API and the page.
+
+``POST /v1/captions`` takes multipart images and decoding options as query parameters, decodes
+the uploads in a thread pool (never on the event loop, never written to disk), captions them
+through the ``Batcher`` and answers per image: the n-best captions with each word's attention,
+or an error for that image. Every error is JSON ``{"error": "..."}`` with a 4xx status naming
+the problem; nothing in a request names a file or URL for the server to open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from ..data.images import ImageError
+from ..decoding import DecodeOptions
+from ..inference import Caption, Captioner
+from .batching import Batcher
+from .limits import BodyLimit
+from .uploads import upload_tensor
+
+STATIC = Path(__file__).parent / "static"
+#: the widest beam (and most captions per image) an HTTP client may ask for
+HTTP_MAX_BEAM = 20
+MAX_LENGTH_PENALTY = 5.0
+
+
+class RequestError(Exception):
+    """A problem with a request: answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def caption_json(c: Caption, digits: int = 4) -> dict[str, Any]:
+    """One caption for clients: words, score, log-probability and each word's attention over
+    the grid (row-major, ``grid_size`` squared values per word), rounded."""
+    return {"text": c.text, "words": c.words, "score": round(c.score, digits),
+            "log_prob": round(c.log_prob, digits),
+            "attention": [[round(v, digits) for v in row] for row in c.alpha.float().tolist()]}
+
+
+def create_app(cap: Captioner, model_info: dict[str, Any] | None = None, *, max_batch: int = 16,
+               max_wait_ms: float = 5.0, max_upload_mb: float = 20.0, max_images: int = 16,
+               decode_workers: int | None = None) -> FastAPI:
+    """The service around one loaded ``Captioner``: concurrent requests are batched (up to
+    ``max_batch`` images, waiting at most ``max_wait_ms``), uploads over ``max_upload_mb`` or
+    requests with more than ``max_images`` images are refused."""
+    batcher = Batcher(cap.caption_tensors, max_batch, max_wait_ms)
+    pool = ThreadPoolExecutor(decode_workers or min(4, os.cpu_count() or 1),
+                              thread_name_prefix="decode")
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    info = model_info or {"encoder": cap.model.config.encoder}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="captioner", lifespan=lifespan,
+                  description="Show, Attend and Tell captions with each word's attention.")
+    app.state.batcher = batcher
+    # the whole body is refused early when it cannot hold max_images uploads within the limit
+    app.add_middleware(BodyLimit, max_bytes=max_bytes * max_images + 1024 * 1024,
+                       message=f"request body is over the upload limit ({max_upload_mb:g} MB per "
+                       f"image, {max_images} images)")
+    _add_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness, the queue length and how many batches of each size have run."""
+        return {"status": "ok", "queued": batcher.pending,
+                "batches": {str(k): v for k, v in sorted(batcher.batch_sizes.items())}}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        """The loaded model: encoder, attention kind, grid, vocabulary, training data,
+        preprocessing, and the decoding bounds this service accepts."""
+        return {**info, "limits": {"max_beam_size": HTTP_MAX_BEAM, "max_images": max_images,
+                                   "max_upload_mb": max_upload_mb,
+                                   "max_length_penalty": MAX_LENGTH_PENALTY},
+                "defaults": DecodeOptions().to_dict()}
+
+    @app.post("/v1/captions")
+    async def captions(
+        images: Annotated[list[UploadFile], File(description="one or more image files")],
+        beam_size: Annotated[int, Query(ge=1, le=HTTP_MAX_BEAM)] = DecodeOptions.beam_size,
+        n_best: Annotated[int, Query(ge=1, le=HTTP_MAX_BEAM)] = DecodeOptions.n_best,
+        length_penalty: Annotated[float, Query(ge=0.0, le=MAX_LENGTH_PENALTY)
+                                  ] = DecodeOptions.length_penalty,
+    ) -> JSONResponse:
+        """Caption the uploaded images: per image its n-best captions, best first, with each
+        word's attention over the grid, or an error object for that image."""
+        try:
+            options = cap.options(beam_size=beam_size, n_best=n_best, length_penalty=length_penalty)
+        except ValueError as exc:
+            raise RequestError(422, str(exc)) from None
+        if len(images) > max_images:
+            raise RequestError(413, f"{len(images)} images in one request; at most {max_images}")
+        batcher.expect(len(images))
+        results = await asyncio.gather(*(_one(i, f, options) for i, f in enumerate(images)))
+        body = {"options": options.to_dict(), "grid_size": cap.model.config.grid_size,
+                "results": [r for r, _ in results]}
+        failed = [(r, status) for r, status in results if status]
+        if len(failed) == len(results):  # nothing captioned: the request itself failed
+            return JSONResponse({"error": failed[0][0]["error"], **body}, failed[0][1])
+        return JSONResponse(body)
+
+    async def _one(index: int, upload: UploadFile, options: DecodeOptions
+                   ) -> tuple[dict[str, Any], int]:
+        name = (upload.filename or f"image {index + 1}")[:200]
+        try:
+            tensor, (width, height) = await _decode(upload, name)
+        except BaseException as exc:  # a bad upload, or cancelled because the client left
+            batcher.expect(-1)  # announced with the request, never coming
+            if isinstance(exc, RequestError):
+                return {"filename": name, "error": exc.message}, exc.status
+            raise
+        found = await batcher.submit(tensor, options, expected=True)
+        return {"filename": name, "width": width, "height": height,
+                "captions": [caption_json(c) for c in found]}, 0
+
+    async def _decode(upload: UploadFile, name: str):
+        if upload.size is not None and upload.size > max_bytes:
+            raise RequestError(413, f"{name}: {upload.size / 2**20:.1f} MB is over the "
+                               f"{max_upload_mb:g} MB upload limit")
+        data = await upload.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise RequestError(413, f"{name}: over the {max_upload_mb:g} MB upload limit")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, upload_tensor, cap,
+                                                                    data, name)
+        except ImageError as exc:
+            raise RequestError(400, str(exc)) from None
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "; ".join(_describe(e) for e in exc.errors())}, 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
+
+
+def _describe(error: dict) -> str:
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query")]
+    field = ".".join(loc) or "request"
+    if field.startswith("images") and error.get("type") == "missing":
+        return "images: no file field; send the images as multipart form field 'images'"
+    if field.startswith("images"):
+        return f"{field}: not a file upload; send the images as multipart form field 'images'"
+    return f"{field}: {error.get('msg', 'invalid').lower()} (got {error.get('input')!r})"

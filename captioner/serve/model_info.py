@@ -1,0 +1,70 @@
+"""What ``GET /v1/model`` says about the loaded model: architecture, preprocessing, data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from ..inference import Captioner
+
+
+def describe_model(cap: Captioner, path: str | Path | None = None) -> dict[str, Any]:
+    """The model's description for clients. ``path`` (the checkpoint, chosen by whoever started
+    the server) lets it say what the model was trained on, from the run's training config."""
+    config = cap.model.config
+    return {
+        "checkpoint": Path(path).name if path else None,
+        "encoder": config.encoder,
+        "attention": config.attention,
+        "grid_size": config.grid_size,
+        "vocab_size": len(cap.vocab),
+        "max_len": config.max_len,
+        "preprocess": asdict(config.preprocess),
+        "trained_on": trained_on(path) if path else None,
+        "device": str(cap.device),
+    }
+
+
+def trained_on(path: str | Path) -> dict[str, Any] | None:
+    """The prepared folder a checkpoint's run trained on and its source and split sizes, read
+    from the run's training config (``best.safetensors`` carries none: its sibling
+    ``last.safetensors`` does); None when unknown."""
+    path = Path(path)
+    for candidate in (path, path.with_name("last.safetensors")):
+        train = _train_header(candidate)
+        if train and isinstance(train.get("train_config"), dict):
+            data = train["train_config"].get("data") or ""
+            info: dict[str, Any] = {"data": Path(data).name or None}
+            try:
+                meta = json.loads((Path(data) / "meta.json").read_text())
+                info.update(source=meta.get("source"), images=meta.get("splits"))
+            except (OSError, ValueError):
+                pass
+            return info
+    return None
+
+
+def _train_header(path: Path) -> dict | None:
+    try:  # the header only: the optimizer's tensors are never read
+        with safe_open(str(path), framework="pt") as f:
+            return _plain(json.loads((f.metadata() or {}).get("train") or "null"))
+    except Exception:  # not there, or not a checkpoint: nothing to say
+        return None
+
+
+def _plain(obj: Any) -> Any:
+    """``checkpoint.flatten``'s JSON as plain values, tensor references as None."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return None
+        if "__tuple__" in obj:
+            return [_plain(v) for v in obj["__tuple__"]]
+        if "__dict__" in obj:
+            return {str(k): _plain(v) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
