@@ -66,11 +66,12 @@ class DecodeOptions:
                 or not math.isfinite(self.length_penalty) or self.length_penalty < 0:
             raise ValueError(f"length_penalty must be a finite number >= 0, got {self.length_penalty!r}")
 
-    def bind(self, max_len: int, no_end_after: Sequence[int] = ()) -> "DecodeOptions":
+    def bind(self, max_len: int, no_end_after: Sequence[int] | None = ()) -> "DecodeOptions":
         """These options for a model: its ``max_len`` unless one was asked, and its
-        vocabulary's blocked endings (``Vocabulary.no_end_after``) unless given."""
+        vocabulary's blocked endings (``Vocabulary.no_end_after``; None, as for a vocabulary
+        without endings, blocks nothing) unless given."""
         endings = self.no_end_after if self.no_end_after is not None else no_end_after
-        return replace(self, max_len=self.max_len or max_len, no_end_after=tuple(endings))
+        return replace(self, max_len=self.max_len or max_len, no_end_after=tuple(endings or ()))
 
     def to_dict(self) -> dict:
         """The user-facing options (what a results file records)."""

@@ -44,7 +44,7 @@ class Captioner:
     def __init__(self, model, vocab: Vocabulary, device: str | torch.device = "cpu"):
         self.model, self.vocab, self.device = model.to(device).eval(), vocab, torch.device(device)
         self.transform = build_transform(model.config.preprocess)
-        self.no_end_after = tuple(vocab.no_end_after())
+        self.no_end_after = tuple(vocab.no_end_after() or ())  # None: no endings recorded
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | None = None) -> "Captioner":

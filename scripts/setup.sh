@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import captioner, torch, torchvision, timm, pytest, fastapi, playwright" 2>/dev/null; then
+if ! .venv/bin/python -c "import captioner, torch, torchvision, timm, pytest, fastapi, fastapi_offline, playwright" 2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/pip install --quiet -e ".[test]"

@@ -213,3 +213,16 @@ def test_a_registered_strategy_runs_through_captioner_caption(toy_strategy, shap
     assert [c.words for c in single] == [word]
     assert [got.strategy for _, got in toy_strategy] == ["toy", "toy"]
     assert toy_strategy[0][1].seed == 7 and toy_strategy[0][1].max_len == model.config.max_len
+
+
+def test_a_vocabulary_without_recorded_endings_blocks_no_ending(shapes_dir):
+    """Vocabularies saved before endings were recorded still caption (and block nothing)."""
+    data, model = _data_and_model(shapes_dir)
+    old = Vocabulary(data.vocab.itos)  # no endings
+    assert old.no_end_after() is None and data.vocab.no_end_after()
+    path = data.image_path(data.manifest("val")[0])
+    plain = Captioner(model, old).caption(path, beam_size=2, n_best=2)
+    unblocked = Captioner(model, data.vocab).caption(path, beam_size=2, n_best=2, no_end_after=())
+    assert [(c.words, c.score) for c in plain] == [(c.words, c.score) for c in unblocked]
+    bound = DecodeOptions().bind(model.config.max_len, old.no_end_after())
+    assert bound.no_end_after == ()

@@ -52,7 +52,7 @@ def test_missing_file_is_an_image_error_naming_it(tmp_path):
 
 def test_a_directory_is_not_an_image(tmp_path):
     (tmp_path / "folder.jpg").mkdir()
-    assert_one_line_error(tmp_path / "folder.jpg", "no such image file")
+    assert_one_line_error(tmp_path / "folder.jpg", "is a folder, not an image file")
 
 
 def test_empty_file_is_an_image_error_naming_it(tmp_path):

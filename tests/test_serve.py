@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,7 +106,10 @@ def test_model_health_docs_and_page(client):
     assert model["grid_size"] == 4 and model["vocab_size"] > 4
     assert model["preprocess"]["resize"] == 64 and model["limits"]["max_beam_size"] == 20
     assert client.get("/healthz").json()["status"] == "ok"
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn." not in docs.text  # /docs works offline too
+    assets = re.findall(r'(?:href|src)="(/[^"]+\.(?:css|js))"', docs.text)
+    assert len(assets) >= 2 and all(client.get(a).status_code == 200 for a in assets), assets
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text
     # every asset comes from the package: no network needed to show the page

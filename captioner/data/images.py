@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -28,28 +29,42 @@ def load_image(path: str | Path) -> Image.Image:
     ImageError with one line naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
+    return _decode(path, str(path))
+
+
+def load_image_bytes(data: bytes, name: str) -> Image.Image:
+    """``load_image`` for an image held in memory (an upload, never written to disk); errors
+    name it ``name``."""
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name: str) -> Image.Image:
+    """Decode ``source`` (a path or a binary stream) with the checks of ``load_image``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {img.width}x{img.height} pixels is too large "
+                    raise ImageError(f"{name}: {img.width}x{img.height} pixels is too large "
                                      f"(over {MAX_PIXELS}; possible decompression bomb)")
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+                return _to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: too large, possible decompression bomb ({exc})") from None
+        raise ImageError(f"{name}: too large, possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read") from None
+        raise ImageError(f"{name}: not an image file Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

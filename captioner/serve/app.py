@@ -20,6 +20,7 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline  # /docs from packaged assets, no CDN
 from starlette.exceptions import HTTPException
 
 from ..data.images import ImageError
@@ -72,8 +73,8 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None, *, max_
             batcher.stop()
             pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="captioner", lifespan=lifespan,
-                  description="Show, Attend and Tell captions with each word's attention.")
+    app = FastAPIOffline(title="captioner", lifespan=lifespan,
+                         description="Show, Attend and Tell captions with each word's attention.")
     app.state.batcher = batcher
     # the whole body is refused early when it cannot hold max_images uploads within the limit
     app.add_middleware(BodyLimit, max_bytes=max_bytes * max_images + 1024 * 1024,
