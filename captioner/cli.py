@@ -72,7 +72,8 @@ def _add_model_args(p) -> None:
                    help="lambda of the doubly stochastic term, eq. 14 (default: %(default)s)")
     g.add_argument("--no-gate", action="store_true", help="drop the beta gate (4.2.1)")
     g.add_argument("--deep-output", choices=DEEP_OUTPUTS, default=ModelConfig.deep_output,
-                   help="eq. 7 as printed (linear) or with the tanh of the authors' code")
+                   help="eq. 7 as printed (linear) or with the tanh of the authors' code "
+                   "(default: %(default)s)")
     for kind, cls in sorted(ATTENTIONS.items()):  # each kind's own options: --KIND-OPTION
         for f in fields(cls.Options):
             g.add_argument(f"--{kind}-{f.name.replace('_', '-')}", dest=f"{kind}_{f.name}",
@@ -191,22 +192,26 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders "
                      "searched recursively for image files")
     cap.add_argument("--json", action="store_true", help="one JSON object per image")
-    cap.add_argument("--output", default=None, metavar="JSONL", help="append one JSON line per "
-                     "image to this file; images already in it are skipped (a killed run resumes)")
-    cap.add_argument("--batch-size", type=int, default=16, help="images per model batch")
-    cap.add_argument("--workers", type=int, default=2, help="image decoding processes")
-    cap.add_argument("--no-progress", action="store_true")
+    cap.add_argument("--output", default=None, metavar="JSONL", type=output_file(),
+                     help="append one JSON line per image to this file; images already in it "
+                     "are skipped (a killed run resumes)")
+    cap.add_argument("--batch-size", type=int_range(1, 1024), default=16,
+                     help="images per model batch (default: %(default)s)")
+    cap.add_argument("--workers", type=int_range(0, 64), default=2,
+                     help="image decoding processes (default: %(default)s)")
+    cap.add_argument("--no-progress", action="store_true", help="no progress bar")
     srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
     srv.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: "
                      "%(default)s, this machine only)")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image upload "
-                     "(default: %(default)s)")
-    srv.add_argument("--max-batch", type=int, default=16, help="most images captioned in one "
-                     "batch (default: %(default)s)")
-    srv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits "
-                     "for more requests (default: %(default)s)")
+    srv.add_argument("--port", type=int_range(0, 65535), default=8000,
+                     help="port to listen on, 0: any free one (default: %(default)s)")
+    srv.add_argument("--max-upload-mb", type=float_range(0, 1024, min_exclusive=True),
+                     default=20.0, help="largest image upload (default: %(default)s)")
+    srv.add_argument("--max-batch", type=int_range(1, 256), default=16,
+                     help="most images captioned in one batch (default: %(default)s)")
+    srv.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=5.0,
+                     help="how long a batch waits for more requests (default: %(default)s)")
     att = sub.add_parser("attend", help="write the attention figure of an image's caption")
     _add_decode_args(att, n_best=False)
     att.add_argument("image", metavar="IMAGE")

@@ -182,6 +182,11 @@ class Trainer:
         if "best_bleu4" in self.state:  # a run saved before --select-by
             self.state["best_score"] = self.state.pop("best_bleu4")
         set_rng_state(train["rng"], self.generator)
+        threads = train.get("threads")
+        if threads and threads != torch.get_num_threads() and self.rank == 0:
+            print(f"note: this run was trained with {threads} CPU threads and resumes with "
+                  f"{torch.get_num_threads()}; it continues, but not bit for bit as it would "
+                  f"have (set OMP_NUM_THREADS={threads} for that)", file=sys.stderr)
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _trim_metrics(self) -> None:
@@ -209,7 +214,7 @@ class Trainer:
         if with_train:
             train = {"train_config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "loop": dict(self.state),
-                     "rng": rng_state(self.generator)}
+                     "rng": rng_state(self.generator), "threads": torch.get_num_threads()}
         save_checkpoint(self.run_dir / f"{name}.safetensors", self.config, self.data.vocab,
                         self.model.state_dict(), train)
 

@@ -90,7 +90,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
 
 
 # -- shared: one tiny finished run, its best checkpoint, an image ---------------------------
@@ -445,7 +445,7 @@ def test_caption_of_a_folder_captions_the_images_in_it(cli, model, shapes_dir, t
     images = sorted((shapes_dir / "images").glob("test_*.png"))[:2]
     shutil.copy(images[0], folder / "a.png")
     shutil.copy(images[1], folder / "sub" / "b.png")
-    result = cli("caption", "--model", model, "--no-progress", folder)
+    result = cli("caption", "--model", model, folder)
     assert result.code == 0 and result.err == "", result.err
     lines = result.out.splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(folder / "a.png"),

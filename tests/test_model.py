@@ -313,3 +313,4 @@ def test_deep_output_tanh_squashes_the_sum_before_the_word_layer():
     assert torch.allclose(b.logits, linear.L_o(torch.tanh(emb + hz)), atol=1e-5)
     with pytest.raises(ValueError, match="deep_output"):
         Decoder(tiny_config(feature_dim=6, deep_output="relu"))
+

@@ -22,7 +22,9 @@ class DecoderState:
 
     def select(self, index: torch.Tensor) -> "DecoderState":
         """Rows ``index`` of the state (used by beam search to follow back-pointers)."""
-        return DecoderState(self.h[index], self.c[index])
+        # index_select: its backward adds rows in a fixed order, where indexing's backward
+        # (index_put with accumulate) adds repeated rows in thread order on a multi-core CPU
+        return DecoderState(self.h.index_select(0, index), self.c.index_select(0, index))
 
 
 @dataclass
@@ -100,7 +102,9 @@ class Decoder(nn.Module):
         order = torch.argsort(steps, descending=True, stable=True)
         projected, state = self.init(features, generator)
         rows = order if image_index is None else image_index.to(features.device)[order]
-        features, projected, state = features[rows], projected[rows], state.select(rows)
+        # index_select, not features[rows]: a run is bit-exact at any one thread count (select)
+        features, projected = features.index_select(0, rows), projected.index_select(0, rows)
+        state = state.select(rows)
         captions, steps = captions[order], steps[order]
         b, t_max = len(captions), int(steps.max())
         mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]  # (B, T) sorted
