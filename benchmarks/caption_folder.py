@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_verdict  # noqa: E402
-from serve_load import lite2_checkpoint, sample_images  # noqa: E402
+from serve_load import benchmark_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,20 +49,12 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.8)
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from captioner.inference import Captioner, default_model_path
-
     with tempfile.TemporaryDirectory(prefix="caption_folder_") as tmp:
         tmp = Path(tmp)
-        checkpoint = Path(args.model) if args.model else default_model_path()
-        if args.lite2:
-            checkpoint = lite2_checkpoint(tmp / "lite2.safetensors")
-        cap = Captioner.load(checkpoint)
+        import torch
+
+        cap, checkpoint, images = benchmark_model(args, tmp, tmp / "photos", args.images)
         photos = cap.model.config.encoder != "tiny"
-        images = sample_images(tmp / "photos", args.images, photos)
         folder = images[0].parent
         print(f"model: {checkpoint.name} ({cap.model.config.encoder}, grid "
               f"{cap.model.config.grid_size}, vocab {len(cap.vocab)}); {len(images)} "

@@ -58,6 +58,22 @@ def lite2_checkpoint(path: Path, vocab_words: int = 2500) -> Path:
     return path
 
 
+def benchmark_model(args, tmp: Path, folder: Path, count: int):
+    """(Captioner, its checkpoint, ``count`` sample images in ``folder``) for the flags
+    ``--model``/``--lite2``/``--threads`` the benchmarks share."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from captioner.inference import Captioner, default_model_path
+
+    checkpoint = Path(args.model) if args.model else default_model_path()
+    if args.lite2:
+        checkpoint = lite2_checkpoint(tmp / "lite2.safetensors")
+    cap = Captioner.load(checkpoint)
+    return cap, checkpoint, sample_images(folder, count, cap.model.config.encoder != "tiny")
+
+
 def sample_images(folder: Path, count: int, photos: bool) -> list[Path]:
     """``count`` image files: shapes PNGs (64 px), or JPEG crops (320x240, quality 90) of
     scikit-image's sample photos."""
@@ -203,20 +219,12 @@ def main() -> None:
                     "one-at-a-time")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from captioner.inference import Captioner, default_model_path
-
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         tmp = Path(tmp)
-        checkpoint = Path(args.model) if args.model else default_model_path()
-        if args.lite2:
-            checkpoint = lite2_checkpoint(tmp / "lite2.safetensors")
-        cap = Captioner.load(checkpoint)
+        import torch
+
+        cap, checkpoint, images = benchmark_model(args, tmp, tmp / "images", 32)
         photos = cap.model.config.encoder != "tiny"
-        images = sample_images(tmp / "images", 32, photos)
         payloads = [(p.name, p.read_bytes()) for p in images]
         params = {"beam_size": args.beam_size}
         print(f"model: {checkpoint.name} ({cap.model.config.encoder}, {cap.model.config.attention},"
