@@ -165,17 +165,7 @@ def _add_decode_args(p, n_best: bool = True) -> None:
                    "log-probability)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .models.attention import ATTENTIONS
-    from .visualize import FIGURE_FORMATS
-
-    parser = argparse.ArgumentParser(prog="captioner", allow_abbrev=False,
-                                     description="Show, Attend and Tell image captioning: prepare "
-                                     "data, train, evaluate, caption, attend, serve.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_prepare(sub)
-    _add_train(sub)
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="BLEU-1..4 and COCO metrics of a checkpoint on a split")
     _add_decode_args(ev, n_best=False)
     ev.add_argument("--data", required=True, type=existing_dir, help="prepared folder")
@@ -187,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-images", type=int_range(0), default=0,
                     help="score only the first N images (default 0: all)")
     ev.add_argument("--no-meteor", action="store_true", help="skip METEOR (slow; needs Java)")
+
+
+def _add_caption(sub) -> None:
     cap = sub.add_parser("caption", help="caption image files and folders, one line each")
     _add_decode_args(cap)
     cap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders "
@@ -200,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--workers", type=int_range(0, 64), default=2,
                      help="image decoding processes (default: %(default)s)")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
     srv.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: "
@@ -212,12 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="most images captioned in one batch (default: %(default)s)")
     srv.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=5.0,
                      help="how long a batch waits for more requests (default: %(default)s)")
+
+
+def _add_attend(sub) -> None:
+    from .visualize import FIGURE_FORMATS
+
     att = sub.add_parser("attend", help="write the attention figure of an image's caption")
     _add_decode_args(att, n_best=False)
     att.add_argument("image", metavar="IMAGE")
     att.add_argument("-o", "--out", required=True, type=output_file(FIGURE_FORMATS),
                      help=f"figure to write, its format from the suffix "
                      f"({', '.join(FIGURE_FORMATS)})")
+
+
+def _add_demo(sub) -> None:
+    from .models.attention import ATTENTIONS
+
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in shapes data: "
                           "prepare, train (~5 min on CPU), evaluate, caption, attention figures")
     demo.add_argument("--home", default=None, help="where to work (default $CAPTIONER_HOME or "
@@ -227,6 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attention", default="soft", choices=sorted(ATTENTIONS),
                       help="attention kind (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="retrain even if a demo model exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: one subcommand per job, each added by its ``_add_*``."""
+    parser = argparse.ArgumentParser(prog="captioner", allow_abbrev=False,
+                                     description="Show, Attend and Tell image captioning: prepare "
+                                     "data, train, evaluate, caption, attend, serve.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_evaluate, _add_caption, _add_serve, _add_attend,
+                _add_demo):
+        add(sub)
     _no_abbreviations(parser)
     return parser
 

@@ -7,7 +7,6 @@ only), ``metrics.jsonl``. What a step optimises is the objective's (``objectives
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -29,13 +28,13 @@ from .data.dataset import CaptionPairs, PreparedData, collate
 from .decoding import DecodeOptions
 from .distributed import broadcast, epoch_batches, setup
 from .errors import TrainingError
-from .fileio import atomic_write_text
 from .interrupt import GracefulStop
 from .evaluate import decode_split, score
 from .models.model import build_model
 from .objectives import StepContext, objective_class
 from .resume import load_resumable, resumed_config, rng_state, set_rng_state
 from .runlock import RunLock, refuse_existing_run
+from .runlog import RunLog
 
 
 @dataclass
@@ -126,13 +125,7 @@ class Trainer:
             self.dataset = CaptionPairs(self.dataset)
         context = StepContext(self.model, self.ddp, self.device, self.generator, self._autocast)
         self.objective = objective_class(cfg.objective)(context, cfg, self.dataset)
-        self.writer = None
-        if cfg.logdir and self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(cfg.logdir)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._trim_metrics()
+        self.log = RunLog(self.run_dir, cfg.logdir, self.rank, self.state["step"])
 
     # -- building ------------------------------------------------------------------------
     def _checkpoint_to_resume(self) -> Checkpoint:
@@ -188,25 +181,7 @@ class Trainer:
                   f"{torch.get_num_threads()}; it continues, but not bit for bit as it would "
                   f"have (set OMP_NUM_THREADS={threads} for that)", file=sys.stderr)
 
-    # -- bookkeeping ---------------------------------------------------------------------
-    def _trim_metrics(self) -> None:
-        """Drop log lines written after the checkpoint we resume from."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            keep = [l for l in path.read_text().splitlines()
-                    if l.strip() and json.loads(l).get("step", 0) <= self.state["step"]]
-            atomic_write_text(path, "".join(l + "\n" for l in keep))
-
-    def _log(self, record: dict) -> None:
-        if self.rank != 0:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.writer.add_scalar(k, v, record["step"])
-
+    # -- checkpoints ---------------------------------------------------------------------
     def save(self, name: str, with_train: bool) -> None:
         if self.rank != 0:
             return
@@ -266,7 +241,7 @@ class Trainer:
         elif schedule:
             self.state["bad_epochs"] += 1
         lr = self.optimizer.param_groups[0]["lr"]
-        self._log({"step": self.state["step"], "epoch": self.state["epoch"],
+        self.log.log({"step": self.state["step"], "epoch": self.state["epoch"],
                    **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr})
         if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():
             print(f"epoch {self.state['epoch']}: step {self.state['step']}, val "
@@ -308,8 +283,7 @@ class Trainer:
         if stopped != "epochs":
             self.save("last", with_train=True)
         self.bar.close()
-        if self.writer:
-            self.writer.close()
+        self.log.close()
         return TrainResult(st["step"], st["epoch"], st["best_score"], cfg.select_by,
                            self.run_dir, stopped, self.rank)
 
@@ -335,7 +309,7 @@ class Trainer:
             self.bar.set_postfix(epoch=st["epoch"], loss=f"{terms['total']:.3f}",
                                  caps_s=f"{speed:.0f}")
             if st["step"] % 10 == 0:
-                self._log({"step": st["step"], "epoch": st["epoch"], "captions_per_s": speed,
+                self.log.log({"step": st["step"], "epoch": st["epoch"], "captions_per_s": speed,
                            **{f"train/{k}": v for k, v in terms.items()}})
             if cfg.save_every and st["step"] % cfg.save_every == 0:
                 self.save("last", with_train=True)
