@@ -116,7 +116,8 @@ class Trainer:
         # draws of stochastic attention happen on the training device (a CUDA tensor cannot
         # be sampled with a CPU generator)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
-        self.state = {"step": 0, "epoch": 0, "batch": 0, "best_score": -1.0, "bad_epochs": 0}
+        self.state = {"step": 0, "epoch": 0, "batch": 0, "best_score": -1.0, "bad_epochs": 0,
+                      "epoch_best": -1.0}
         self.stop: GracefulStop | None = None  # set by ``train``: signals stop after a step
         if ckpt is not None:
             self._restore(ckpt.train)
@@ -235,18 +236,23 @@ class Trainer:
         value = metrics.get(self.cfg.select_by, 0.0)
         if schedule:
             self.scheduler.step(value)
-        if value > self.state["best_score"]:
-            self.state["best_score"], self.state["bad_epochs"] = value, 0
+        st = self.state
+        epoch_best = st.get("epoch_best", st["best_score"])  # runs saved before had one best
+        if value > st["best_score"]:  # best.safetensors: the best weights scored, wherever
+            st["best_score"] = value
             self.save("best", with_train=False)
-        elif schedule:
-            self.state["bad_epochs"] += 1
+        if schedule:  # early stopping counts epoch ends only: a mid-epoch stop shifts nothing
+            if value > epoch_best:
+                st["epoch_best"], st["bad_epochs"] = value, 0
+            else:
+                st["bad_epochs"] += 1
         lr = self.optimizer.param_groups[0]["lr"]
-        self.log.log({"step": self.state["step"], "epoch": self.state["epoch"],
-                   **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr})
+        self.log.log({"step": st["step"], "epoch": st["epoch"],
+                      **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr})
         if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():
-            print(f"epoch {self.state['epoch']}: step {self.state['step']}, val "
-                  f"{self.cfg.select_by} {value:.4f}, lr {lr:.3g}", file=sys.stderr, flush=True)
-        return self.state["bad_epochs"] >= self.cfg.early_stop
+            print(f"epoch {st['epoch']}: step {st['step']}, val {self.cfg.select_by} "
+                  f"{value:.4f}, lr {lr:.3g}", file=sys.stderr, flush=True)
+        return st["bad_epochs"] >= self.cfg.early_stop
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> TrainResult:

@@ -269,3 +269,32 @@ def test_select_by_keeps_the_epoch_with_the_best_score_of_that_metric(
 def test_an_unknown_select_by_metric_is_refused(shapes_dir, tmp_path):
     with pytest.raises(TrainingError, match="--select-by must be one of BLEU-4, CIDEr-D"):
         train(tiny_config(), _config(shapes_dir, tmp_path / "run", select_by="bleu"))
+
+
+def test_a_mid_epoch_step_limit_then_resume_goes_on_as_if_it_had_not_stopped(shapes_dir,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    """A stop scores its weights (here better than any epoch end: best.safetensors keeps them),
+    but early stopping and the lr decay count epoch ends only, so the run stopped at step 8 and
+    resumed ends in the state and with the weights of the run that did not stop there."""
+    import captioner.train as tr
+
+    def scripted(self):  # mid-epoch 0.9; epoch ends 0.5, 0.4, 0.3: worse each time
+        st = self.state
+        return {"BLEU-4": 0.9 if st["batch"] else 0.6 - 0.1 * st["epoch"]}
+
+    monkeypatch.setattr(tr.Trainer, "validate", scripted)
+
+    def run(out, steps, resume=False):
+        cfg = _config(shapes_dir, tmp_path / out, batch_size=4, max_steps=steps, seed=3,
+                      epochs=4, early_stop=50, lr_patience=0)
+        train(tiny_config(dropout=0.0), cfg, resume=resume)
+        return load_checkpoint(tmp_path / out / "last.safetensors")
+
+    whole = run("whole", 40)
+    run("parts", 8)
+    parts = run("parts", 40, resume=True)
+    assert parts.train["loop"] == whole.train["loop"]  # both stopped at 40 in mid-epoch: 0.9
+    assert whole.train["loop"]["bad_epochs"] == 1 and whole.train["loop"]["epoch_best"] == 0.5
+    assert parts.train["scheduler"] == whole.train["scheduler"]
+    assert all(torch.equal(whole.weights[k], parts.weights[k]) for k in whole.weights)
