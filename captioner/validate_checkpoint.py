@@ -9,6 +9,7 @@ work on plain data; ``validate(path)`` reads a file and runs them all.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -232,8 +233,24 @@ def _build_shapes(config: ModelConfig) -> dict[str, torch.Tensor]:
     without allocating memory (so even absurd sizes cost nothing) or downloading weights."""
     from .models import build_model
 
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         return build_model(config, pretrained=False).state_dict()
+
+
+@contextlib.contextmanager
+def _no_init():
+    """Skip ``torch.nn.init`` while building on the meta device (there is nothing to fill, and
+    meta ``normal_`` alone cost seconds of start-up: the ``transformers`` ``no_init_weights``
+    pattern)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
 
 
 def _guess_field(message: str, config: ModelConfig) -> str:
