@@ -10,11 +10,10 @@ reader up by name. A new format is one module in ``captioner/data/`` that calls
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..plugins import import_modules
 from ..vocab import DEFAULT_MIN_COUNT
 from .records import ImageRecord
 
@@ -58,13 +57,7 @@ def register_reader(name: str, help: str, add_arguments: AddArgsFn,
 
 
 def _load_builtins() -> None:
-    """Import the built-in modules (in their order), then every other module of the
-    ``captioner.data`` package, so a new module there registers itself without being listed."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    package = importlib.import_module("captioner.data")
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        importlib.import_module(f"captioner.data.{info.name}")
+    import_modules(BUILTIN_MODULES, "captioner.data")
 
 
 def readers() -> list[Reader]:

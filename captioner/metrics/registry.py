@@ -8,11 +8,10 @@ orders those).
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..plugins import import_modules
 from .base import DatasetEvaluators, Evaluator
 
 
@@ -51,13 +50,7 @@ def register_evaluator(name: str) -> Callable[[EvaluatorFactory], EvaluatorFacto
 
 
 def _load_builtins() -> None:
-    """Import the built-in modules (in their order), then every other module of the
-    ``captioner.metrics`` package, so a new module there registers itself without being listed."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    package = importlib.import_module("captioner.metrics")
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        importlib.import_module(f"captioner.metrics.{info.name}")
+    import_modules(BUILTIN_MODULES, "captioner.metrics")
 
 
 def evaluator_names() -> list[str]:
