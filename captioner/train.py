@@ -130,17 +130,15 @@ class Trainer:
 
     # -- building ------------------------------------------------------------------------
     def _checkpoint_to_resume(self) -> Checkpoint:
-        ckpt = load_resumable(self.run_dir)
-        if ckpt.vocab != self.data.vocab:
-            raise TrainingError(f"{self.run_dir}: trained with a different vocabulary than "
-                                f"{self.cfg.data}; --resume needs the data it was trained on")
-        return ckpt
+        return self._same_vocabulary(load_resumable(self.run_dir), self.run_dir, "--resume")
 
     def _checkpoint_for_data(self, path, flag: str, with_train: bool = True) -> Checkpoint:
-        """A checkpoint to continue from, refused when its vocabulary is not this data's."""
-        ckpt = load_checkpoint(path, with_train=with_train)
+        return self._same_vocabulary(load_checkpoint(path, with_train=with_train), path, flag)
+
+    def _same_vocabulary(self, ckpt: Checkpoint, where, flag: str) -> Checkpoint:
+        """``ckpt``, refused when its vocabulary is not this data's."""
         if ckpt.vocab != self.data.vocab:
-            raise TrainingError(f"{path}: trained with a different vocabulary than "
+            raise TrainingError(f"{where}: trained with a different vocabulary than "
                                 f"{self.cfg.data}; {flag} needs the data it was trained on")
         return ckpt
 

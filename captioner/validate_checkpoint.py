@@ -25,6 +25,7 @@ import torch
 
 from .argtypes import describe_bounds
 from .config import ModelConfig
+from .decoding import MAX_CAPTION_WORDS
 
 
 class Bound(NamedTuple):
@@ -46,7 +47,7 @@ RANGES: dict[str, Bound] = {
     "hidden_dim": Bound(1),
     "attention_dim": Bound(1),
     "dropout": Bound(0, 1, hi_open=True),
-    "max_len": Bound(1, 200),  # decoding runs max_len steps: 1e9 would hang `caption`
+    "max_len": Bound(1, MAX_CAPTION_WORDS),  # decoding runs max_len steps: 1e9 would hang
     "alpha_c": Bound(0),
     "attention_options.baseline_decay": Bound(0, 1),
     "attention_options.reward_scale": Bound(0),
