@@ -225,10 +225,11 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     steps, alphas = [], []
     for t in range(max_len):
         out = decoder.step(features, projected, state, words)
-        logits = out.logits.float().masked_fill(banned, float("-inf"))
-        words = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
-        logp = torch.log_softmax(logits, -1)
-        log_prob += torch.where(done, 0.0, logp.gather(1, words[:, None]).squeeze(1))
+        probs = torch.softmax(out.logits.float().masked_fill(banned, float("-inf")), -1)
+        words = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        # the drawn words' log-probabilities only: no second pass over the vocabulary (SCST's
+        # hot path draws B * n rows a step)
+        log_prob += torch.where(done, 0.0, probs.gather(1, words[:, None]).squeeze(1).log())
         steps.append(torch.where(done, pad, words))
         alphas.append(out.alpha)
         done |= words == end
