@@ -145,11 +145,38 @@ def _add_train(sub) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_model_arg(p) -> None:
+    p.add_argument("--model", nargs="+", action="extend", default=None, metavar="CKPT",
+                   help="checkpoint, or several .safetensors files: an ensemble that decodes "
+                   "with the average of their word log-probabilities (default: the demo model)")
+
+
+def _images_after_models(args, parser: argparse.ArgumentParser) -> None:
+    """``caption --model A.safetensors B.safetensors photo.jpg``: --model takes checkpoints
+    (``.safetensors`` files) and the first value after them that is not one begins the
+    command's images, so ``--model CKPT IMAGE`` reads as it always did."""
+    models = args.model or []
+    n = next((i for i, m in enumerate(models) if i and not m.endswith(".safetensors")),
+             len(models))
+    if args.command == "caption":
+        args.images = models[n:] + args.images
+        missing = not args.images
+    else:  # attend: one image
+        extra = models[n:] + ([args.image] if args.image else [])
+        if len(extra) > 1:
+            parser.error(f"attend takes one IMAGE, got {len(extra)}: {' '.join(extra)}")
+        args.image = extra[0] if extra else None
+        missing = args.image is None
+    if missing:
+        parser.error(f"{args.command}: the following arguments are required: IMAGE")
+    args.model = models[:n] or None
+
+
 def _add_decode_args(p, n_best: bool = True) -> None:
     """The flags of one ``DecodeOptions``; ``decode_options(args)`` builds it."""
     from .decoding import DecodeOptions, strategy_names
 
-    p.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
+    _add_model_arg(p)
     g = p.add_argument_group("decoding")
     g.add_argument("--strategy", choices=strategy_names(), default=DecodeOptions.strategy,
                    help="how captions are decoded (default: %(default)s)")
@@ -182,7 +209,7 @@ def _add_evaluate(sub) -> None:
 def _add_caption(sub) -> None:
     cap = sub.add_parser("caption", help="caption image files and folders, one line each")
     _add_decode_args(cap)
-    cap.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders "
+    cap.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders "
                      "searched recursively for image files")
     cap.add_argument("--json", action="store_true", help="one JSON object per image")
     cap.add_argument("--output", default=None, metavar="JSONL", type=output_file(),
@@ -197,7 +224,7 @@ def _add_caption(sub) -> None:
 
 def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
-    srv.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
+    _add_model_arg(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: "
                      "%(default)s, this machine only)")
     srv.add_argument("--port", type=int_range(0, 65535), default=8000,
@@ -215,7 +242,7 @@ def _add_attend(sub) -> None:
 
     att = sub.add_parser("attend", help="write the attention figure of an image's caption")
     _add_decode_args(att, n_best=False)
-    att.add_argument("image", metavar="IMAGE")
+    att.add_argument("image", nargs="?", metavar="IMAGE")
     att.add_argument("-o", "--out", required=True, type=output_file(FIGURE_FORMATS),
                      help=f"figure to write, its format from the suffix "
                      f"({', '.join(FIGURE_FORMATS)})")
@@ -267,7 +294,10 @@ def given_flags(argv: list[str]) -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("caption", "attend"):
+        _images_after_models(args, parser)
     args.given = given_flags(argv) & set(vars(args))
     from . import commands
     from .errors import UserError

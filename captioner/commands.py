@@ -93,15 +93,17 @@ def decode_options(args):
 
 
 def evaluate(args) -> int:
+    import torch
+
     from .data.dataset import PreparedData
     from .evaluate import evaluate_checkpoint
-    from .inference import Captioner
+    from .inference import load_models
 
     options = decode_options(args)
-    cap = Captioner.load(args.model)
-    metrics = evaluate_checkpoint(cap.model, cap.vocab, PreparedData(args.data), args.split,
-                                  options, args.results, args.metrics, args.max_images,
-                                  meteor=not args.no_meteor)
+    data = PreparedData(args.data)
+    model, vocab = load_models(args.model, "cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate_checkpoint(model, vocab, data, args.split, options, args.results,
+                                  args.metrics, args.max_images, meteor=not args.no_meteor)
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"{k:<{width}}  {v:.4f}" if v != int(v) else f"{k:<{width}}  {int(v)}")
@@ -149,11 +151,14 @@ def serve(args) -> int:
     from .serve import create_app, describe_model
 
     cap = Captioner.load(args.model)
-    info = describe_model(cap, args.model or default_model_path())
+    info = describe_model(cap, args.model or [default_model_path()])
     app = create_app(cap, info, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_upload_mb=args.max_upload_mb)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"captioner serve: {info['encoder']} / {info['attention']} model on {cap.device}; "
+    kind = f"{info['encoder']} / {info['attention']} model"
+    if "members" in info:
+        kind = f"ensemble of {len(info['members'])} models (the first {kind})"
+    print(f"captioner serve: {kind} on {cap.device}; "
           f"page and API at http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -13,9 +13,12 @@ from PIL import Image
 from .checkpoint import load_model
 from .data.images import build_transform, load_image
 from .decoding import DecodeOptions, decode
+from .models.ensemble import Ensemble
+from .models.model import CaptionModel
 from .vocab import Vocabulary
 
 ImageInput = str | Path | Image.Image
+ModelPaths = str | Path | Sequence[str | Path] | None
 
 
 def captioner_home() -> Path:
@@ -38,25 +41,52 @@ class Caption:
     grid_size: int
 
 
-class Captioner:
-    """A trained model with its vocabulary and preprocessing, ready to caption images."""
+def load_models(paths: ModelPaths = None, device: str | torch.device = "cpu"
+                ) -> tuple[CaptionModel | Ensemble, Vocabulary]:
+    """The model one checkpoint describes (default: the demo model), or the ``Ensemble`` of
+    several, with the vocabulary they share. A missing file raises FileNotFoundError saying how
+    to get a model; members with different vocabularies raise ValueError naming the file."""
+    if paths is None or isinstance(paths, (str, Path)):
+        paths = [paths or default_model_path()]
+    paths = [Path(p) for p in paths]
+    for path in paths:  # all checked before any is loaded
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no model there; train one with `captioner demo` "
+                                    "(about 5 minutes on a CPU) or pass --model CHECKPOINT")
+    models, vocab = [], None
+    for path in paths:
+        model, member_vocab, _ = load_model(path, device)
+        if vocab is not None and member_vocab != vocab:
+            raise ValueError(f"{path}: its vocabulary is not {paths[0]}'s; the models of an "
+                             "ensemble must be trained on the same prepared data")
+        models.append(model)
+        vocab = member_vocab
+    return (models[0] if len(models) == 1 else Ensemble(models)), vocab
 
-    def __init__(self, model, vocab: Vocabulary, device: str | torch.device = "cpu"):
+
+class Captioner:
+    """A trained model (or an ``Ensemble``) with its vocabulary and preprocessing, ready to
+    caption images."""
+
+    def __init__(self, model: CaptionModel | Ensemble, vocab: Vocabulary,
+                 device: str | torch.device = "cpu"):
+        if isinstance(model, Ensemble):
+            first = model.members[0].config.preprocess
+            for i, member in enumerate(model.members):
+                if member.config.preprocess != first:
+                    raise ValueError(f"ensemble member {i + 1} preprocesses images as "
+                                     f"{member.config.preprocess}, the first as {first}; "
+                                     "captioning images needs one preprocessing")
         self.model, self.vocab, self.device = model.to(device).eval(), vocab, torch.device(device)
         self.transform = build_transform(model.config.preprocess)
         self.no_end_after = tuple(vocab.no_end_after() or ())  # None: no endings recorded
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str | None = None) -> "Captioner":
-        """Load a checkpoint (default: the demo model). No model raises FileNotFoundError
-        saying how to get one."""
-        path = Path(path) if path else default_model_path()
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no model there; train one with `captioner demo` "
-                                    "(about 5 minutes on a CPU) or pass --model CHECKPOINT")
+    def load(cls, path: ModelPaths = None, device: str | None = None) -> "Captioner":
+        """Load a checkpoint (default: the demo model), or several as an ensemble
+        (``load_models``)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, vocab, _ = load_model(path, device)
-        return cls(model, vocab, device)
+        return cls(*load_models(path, device), device)
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:
         """An image file or PIL image -> the model's input tensor (3, S, S), exactly as

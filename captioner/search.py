@@ -1,7 +1,9 @@
 """Batched beam search and greedy decoding over the decoder's ``init``/``step``.
 
 Every image of a batch and all its k beams advance as one tensor step; there is no Python loop
-over images or beams.
+over images or beams. ``decoder`` is anything with the Decoder's ``init``/``step`` and
+``vocab_size`` (an ``EnsembleDecoder`` too), ``features`` anything that indexes rows like a
+(B, P, D) tensor (``MemberFeatures``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     projected, state = decoder.init(features)
     # the state has k rows per image (image-major); features and projected stay one per image
     state = state.select(torch.arange(b, device=device).repeat_interleave(k))
-    vocab_size = decoder.L_o.out_features
+    vocab_size = decoder.vocab_size
     banned = banned_mask(vocab_size, allow_unk, device)
     blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
@@ -166,7 +168,7 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_un
     b = features.shape[0]
     device = features.device
     projected, state = decoder.init(features)
-    vocab_size = decoder.L_o.out_features
+    vocab_size = decoder.vocab_size
     banned = banned_mask(vocab_size, allow_unk, device)
     blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
     words = torch.full((b,), Vocabulary.start_id, dtype=torch.long, device=device)
@@ -217,7 +219,7 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     device = features.device
     projected, state = decoder.init(features)
     state = state.select(torch.arange(b, device=device).repeat_interleave(n))
-    banned = banned_mask(decoder.L_o.out_features, allow_unk, device)
+    banned = banned_mask(decoder.vocab_size, allow_unk, device)
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
     words = torch.full((b * n,), Vocabulary.start_id, dtype=torch.long, device=device)
     done = torch.zeros(b * n, dtype=torch.bool, device=device)

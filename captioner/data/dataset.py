@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +38,16 @@ class Sample:
 
 @dataclass
 class Batch:
-    inputs: torch.Tensor  # (B, P, D) features when ``encoded``, else images (B, 3, S, S)
+    # (B, P, D) features when ``encoded``, else images (B, 3, S, S); for an ensemble
+    # (``collate_members``) a tuple of these, one per member, and ``encoded`` a tuple too
+    inputs: torch.Tensor | tuple[torch.Tensor, ...]
     captions: torch.Tensor  # (N, L) all captions of the batch's images, padded
     lengths: torch.Tensor  # (N,) tokens incl. <start>/<end>
     image_index: torch.Tensor  # (N,) which image of the batch each caption belongs to
     indices: list[int]
     image_ids: list[str]
     references: list[list[list[str]]]
-    encoded: bool
+    encoded: bool | tuple[bool, ...]
 
 
 def collate(samples: list[Sample]) -> Batch:
@@ -60,6 +62,13 @@ def collate(samples: list[Sample]) -> Batch:
     return Batch(torch.stack([s.inputs for s in samples]), padded, lengths, image_index,
                  [s.index for s in samples], [s.image_id for s in samples],
                  [s.references for s in samples], samples[0].encoded)
+
+
+def collate_members(items: list[tuple[Sample, ...]]) -> Batch:
+    """``collate`` for ``MemberDatasets``: per member, its inputs; the captions once."""
+    batches = [collate([item[m] for item in items]) for m in range(len(items[0]))]
+    return replace(batches[0], inputs=tuple(b.inputs for b in batches),
+                   encoded=tuple(b.encoded for b in batches))
 
 
 class PreparedData:
@@ -113,6 +122,13 @@ class PreparedData:
             return CaptionDataset(self, entries, features=self.root / "features" / f"{split}.f16")
         return CaptionDataset(self, entries, preprocess=config.preprocess)
 
+    def member_datasets(self, split: str, configs: list[ModelConfig]) -> "MemberDatasets":
+        """The split as each model of an ensemble reads it (``dataset``); models that read it
+        alike share one reading."""
+        keys = [None if self.serves_features(c) else repr(c.preprocess) for c in configs]
+        readings = {key: self.dataset(split, c) for key, c in zip(keys, configs)}
+        return MemberDatasets([readings[key] for key in keys])
+
 
 class CaptionDataset(Dataset):
     """One item per image, with all its captions encoded."""
@@ -151,6 +167,24 @@ class CaptionDataset(Dataset):
         chosen = refs if caption is None else [refs[caption]]
         return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in chosen], refs,
                       self.features_path is not None)
+
+
+class MemberDatasets(Dataset):
+    """One split read by several models: item i is image i's Sample for each of them (a
+    dataset listed twice is read once)."""
+
+    def __init__(self, datasets: list[CaptionDataset]):
+        self.datasets = datasets
+
+    def __len__(self) -> int:
+        return len(self.datasets[0])
+
+    def __getitem__(self, i: int) -> tuple[Sample, ...]:
+        read: dict[int, Sample] = {}
+        for d in self.datasets:
+            if id(d) not in read:
+                read[id(d)] = d[i]
+        return tuple(read[id(d)] for d in self.datasets)
 
 
 class CaptionPairs(Dataset):

@@ -69,6 +69,10 @@ class Decoder(nn.Module):
                              f"not {config.deep_output!r}")
         self.output_act = nn.Tanh() if config.deep_output == "tanh" else nn.Identity()
 
+    @property
+    def vocab_size(self) -> int:
+        return self.L_o.out_features
+
     def init(self, features: torch.Tensor, generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, DecoderState]:
         """Per-image work done once: projected features (B, P, A) and the initial state."""

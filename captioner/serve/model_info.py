@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 
+from ..config import ModelConfig
 from ..inference import Captioner
 
 
-def describe_model(cap: Captioner, path: str | Path | None = None) -> dict[str, Any]:
-    """The model's description for clients. ``path`` (the checkpoint, chosen by whoever started
-    the server) lets it say what the model was trained on, from the run's training config."""
-    config = cap.model.config
+def describe_model(cap: Captioner, paths: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """The model's description for clients. ``paths`` (the checkpoints, chosen by whoever
+    started the server) let it say what the model was trained on, from the run's training
+    config. An ensemble is described by its first member, and each member under ``members``."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    members = getattr(cap.model, "members", [cap.model])
+    described = [_describe(m.config, paths[i] if i < len(paths) else None)
+                 for i, m in enumerate(members)]
+    info = {**described[0], "vocab_size": len(cap.vocab), "device": str(cap.device)}
+    if len(members) > 1:
+        info["members"] = described
+    return info
+
+
+def _describe(config: ModelConfig, path: Path | None) -> dict[str, Any]:
     return {
-        "checkpoint": Path(path).name if path else None,
+        "checkpoint": path.name if path else None,
         "encoder": config.encoder,
         "attention": config.attention,
         "grid_size": config.grid_size,
-        "vocab_size": len(cap.vocab),
         "max_len": config.max_len,
         "preprocess": asdict(config.preprocess),
         "trained_on": trained_on(path) if path else None,
-        "device": str(cap.device),
     }
 
 
