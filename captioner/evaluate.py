@@ -29,7 +29,8 @@ def split_loader(model: CaptionModel | Ensemble, data: PreparedData, split: str,
         dataset, collate_fn = data.dataset(split, model.config), collate
     if max_images:
         dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn,
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=collate_fn,
                       generator=torch.Generator())  # leaves the global RNG alone
 
 
@@ -80,7 +81,8 @@ def score(predictions: list[Prediction], coco: bool = True, meteor: bool = True
     return metrics, results
 
 
-def evaluate_checkpoint(model: CaptionModel | Ensemble, vocab: Vocabulary, data: PreparedData, split: str,
+def evaluate_checkpoint(model: CaptionModel | Ensemble, vocab: Vocabulary, data: PreparedData,
+                        split: str,
                         options: DecodeOptions = DecodeOptions(),
                         results_path: str | Path | None = None,
                         metrics_path: str | Path | None = None, max_images: int = 0,

@@ -31,6 +31,7 @@ FT_FLAGS=${FT_FLAGS:-"--encoder-lr 5e-5 --lr 1e-4 --amp --num-workers 4"}
 SCST_EPOCHS=${SCST_EPOCHS:-10}
 SCST_FLAGS=${SCST_FLAGS:-"--objective scst --lr 1e-4 --lr-decay 0.5 --lr-patience 0"}
 SCST_FT_FLAGS=${SCST_FT_FLAGS:-"--encoder-lr 1e-5 --amp --num-workers 4"}
+SEEDS=${SEEDS-"1 2"}  # more likelihood models of each kind, for the ensembles ("": none)
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 CAP=.venv/bin/captioner
@@ -50,40 +51,64 @@ train() {
     date > "$OUT/$run/done"
   fi
 }
-# evaluate RUN_NAME: its best checkpoint with $BEAM and $LENGTH_PENALTY on val (the split that
-# selected it and every setting here) and, when the data has one, on test (held out: nothing was
-# tuned on it)
+# evaluate NAME [CKPT...]: the checkpoints (default: run NAME's best; several: one ensemble)
+# with $BEAM and $LENGTH_PENALTY on val (the split that selected them and every setting here)
+# and, when the data has one, on test (held out: nothing was tuned on it), into $OUT/NAME
 SPLITS=$(.venv/bin/python -c "import json, sys; s = json.load(open(sys.argv[1]))['splits']; \
 print(' '.join(x for x in ('val', 'test') if x in s))" "$OUT/data/meta.json")
 evaluate() {
+  local name=$1; shift
+  local models=("$@")
+  [ ${#models[@]} -gt 0 ] || models=("$OUT/$name/best.safetensors")
+  mkdir -p "$OUT/$name"
   for split in $SPLITS; do
-    if [ ! -f "$OUT/$1/${split}_metrics.json" ]; then
-      $CAP evaluate --model "$OUT/$1/best.safetensors" --data "$OUT/data" --split "$split" \
+    if [ ! -f "$OUT/$name/${split}_metrics.json" ]; then
+      $CAP evaluate --model "${models[@]}" --data "$OUT/data" --split "$split" \
           --beam-size "$BEAM" --length-penalty "$LENGTH_PENALTY" \
-          --results "$OUT/$1/${split}_results.json" --metrics "$OUT/$1/${split}_metrics.json"
+          --results "$OUT/$name/${split}_results.json" --metrics "$OUT/$name/${split}_metrics.json"
     fi
   done
+  RESULTS="$RESULTS $name"
 }
+best() { for run in "$@"; do echo "$OUT/$run/best.safetensors"; done; }
+RESULTS=""
+# the likelihood models: soft and hard, and more seeds of each for the ensembles
 for ATT in soft hard; do
   train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $TRAIN_FLAGS
   evaluate "$ATT"
+  for SEED in $SEEDS; do
+    train "${ATT}_seed$SEED" --attention "$ATT" --epochs "$EPOCHS" --seed "$SEED" $TRAIN_FLAGS
+    evaluate "${ATT}_seed$SEED"
+  done
 done
-RESULTS="soft hard"
-FROM=soft
-if [ "$FINE_TUNE" != 0 ]; then
-  # the soft model with its encoder's last blocks trained too, from the images at the same
-  # preprocessing as the features (the likelihood objective, a lower learning rate)
-  train soft_ft --init "$OUT/soft/best.safetensors" --fine-tune "$FINE_TUNE" \
-      --epochs "$FT_EPOCHS" $FT_FLAGS
-  evaluate soft_ft
-  RESULTS="$RESULTS soft_ft"
-  FROM=soft_ft
-  SCST_FLAGS="$SCST_FLAGS --fine-tune $FINE_TUNE $SCST_FT_FLAGS"
+# each kind with its encoder's last blocks trained too, from the images at the same
+# preprocessing as the features (the likelihood objective, a lower learning rate), then
+# self-critical training on CIDEr-D (Rennie et al. 2017)
+for ATT in soft hard; do
+  FROM=$ATT
+  FLAGS=$SCST_FLAGS
+  if [ "$FINE_TUNE" != 0 ]; then
+    train "${ATT}_ft" --init "$OUT/$ATT/best.safetensors" --fine-tune "$FINE_TUNE" \
+        --epochs "$FT_EPOCHS" $FT_FLAGS
+    evaluate "${ATT}_ft"
+    FROM=${ATT}_ft
+    FLAGS="$FLAGS --fine-tune $FINE_TUNE $SCST_FT_FLAGS"
+  fi
+  train "${ATT}_scst" --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" $FLAGS
+  evaluate "${ATT}_scst"
+done
+# ensembles (`captioner evaluate --model A B ...`): the seeds of each kind, soft with hard,
+# and the two final models
+SOFT_SEEDS=(soft) HARD_SEEDS=(hard)
+for SEED in $SEEDS; do SOFT_SEEDS+=("soft_seed$SEED"); HARD_SEEDS+=("hard_seed$SEED"); done
+if [ -n "$SEEDS" ]; then
+  evaluate ensemble_soft $(best "${SOFT_SEEDS[@]}")
+  evaluate ensemble_hard $(best "${HARD_SEEDS[@]}")
+  evaluate ensemble_likelihood $(best "${SOFT_SEEDS[@]}" "${HARD_SEEDS[@]}")
 fi
-# self-critical training of the soft model on CIDEr-D (Rennie et al. 2017)
-train soft_scst --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" $SCST_FLAGS
-evaluate soft_scst
-.venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS soft_scst <<'PY'
+evaluate ensemble_soft_hard $(best soft hard)
+evaluate ensemble_final $(best soft_scst hard_scst)
+.venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS <<'PY'
 import json, os, sys
 out, seconds, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
@@ -99,7 +124,8 @@ for run in runs:
             continue
         m = json.load(open(path))
         g = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"
-        rows.append(f"| {run} (beam {int(m['beam_size'])}, lp {m['length_penalty']:g}) | "
+        models = f", {int(m['models'])} models" if m.get("models", 1) > 1 else ""
+        rows.append(f"| {run} (beam {int(m['beam_size'])}, lp {m['length_penalty']:g}{models}) | "
                     f"{split}{' (selection)' if split == 'val' else ''} | "
                     + " | ".join(g(f"coco/{c}") for c in cols) +
                     f" | {m['attention_entropy']:.2f} / {m['attention_entropy_uniform']:.2f} | "
