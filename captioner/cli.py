@@ -120,6 +120,10 @@ def _add_train(sub) -> None:
                    default=t.label_smoothing, help="(default: %(default)s)")
     g.add_argument("--scst-samples", type=int_range(2, 100), default=t.scst_samples,
                    help="captions drawn per image by scst (default: %(default)s)")
+    g.add_argument("--scst-choices", action="store_true",
+                   help="--objective scst rewards the attention's own draws too (hard "
+                   "attention samples its locations and REINFORCE trains them with the words; "
+                   "default: the words only, hard attention reading its expected context)")
     g.add_argument("--select-by", choices=SELECT_METRICS, default=t.select_by,
                    help="val score that keeps best.safetensors, decays the lr and stops early "
                    "(default: %(default)s)")

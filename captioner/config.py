@@ -90,6 +90,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of the cross-entropy targets (0: the paper's plain -log p)
     objective: str = "xe"  # objectives.OBJECTIVES: the paper's likelihood, or self-critical "scst"
     scst_samples: int = 5  # captions drawn per image by "scst"
+    scst_choices: bool = False  # "scst" trains the attention's draws too (hard: its locations)
     select_by: str = "BLEU-4"  # one of SELECT_METRICS: the validation score that keeps
     # best.safetensors, decays the learning rate and stops early
     lr_decay: float = 0.8  # ReduceLROnPlateau factor on that score

@@ -207,6 +207,9 @@ class Samples:
     forced_end: torch.Tensor  # (B*n,) True where max_len ran out and <end> was not drawn
     log_prob: torch.Tensor  # (B*n,) log-probability of the drawn words (with a drawn <end>)
     alpha: torch.Tensor  # (B*n, T, P) attention at every step
+    # (B*n,) log-probability of the attention's own draws (hard attention's locations under
+    # ``Attention.choosing``); zero for a kind or mode that draws nothing
+    choice_log_prob: torch.Tensor
 
 
 @inference
@@ -215,26 +218,37 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     """Draw ``n`` captions per image of ``features`` (B, P, D) from the model's own word
     distribution (eval mode, temperature 1; the words beam search never emits are banned, as
     there). The n rows of an image share its features, as beam search's beams do."""
+    return draw(decoder, features, n, max_len, generator, allow_unk)
+
+
+def draw(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20,
+         generator: torch.Generator | None = None, allow_unk: bool = False) -> Samples:
+    """``sample`` in whatever mode the caller set: under autograd its log-probabilities carry
+    gradients (self-critical training over the attention's choices draws this way)."""
     b = features.shape[0]
     device = features.device
-    projected, state = decoder.init(features)
+    projected, state = decoder.init(features, generator)
     state = state.select(torch.arange(b, device=device).repeat_interleave(n))
     banned = banned_mask(decoder.vocab_size, allow_unk, device)
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
     words = torch.full((b * n,), Vocabulary.start_id, dtype=torch.long, device=device)
     done = torch.zeros(b * n, dtype=torch.bool, device=device)
     log_prob = torch.zeros(b * n, device=device)
+    choice_log_prob = torch.zeros(b * n, device=device)
     steps, alphas = [], []
     for t in range(max_len):
-        out = decoder.step(features, projected, state, words)
+        out = decoder.step(features, projected, state, words, generator)
+        if "log_prob" in out.extras:  # the location this step read, drawn before its word
+            choice_log_prob = choice_log_prob + torch.where(done, 0.0, out.extras["log_prob"])
         probs = torch.softmax(out.logits.float().masked_fill(banned, float("-inf")), -1)
-        words = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        words = torch.multinomial(probs.detach(), 1, generator=generator).squeeze(1)
         # the drawn words' log-probabilities only: no second pass over the vocabulary (SCST's
         # hot path draws B * n rows a step)
-        log_prob += torch.where(done, 0.0, probs.gather(1, words[:, None]).squeeze(1).log())
+        drawn = probs.gather(1, words[:, None]).squeeze(1).log()
+        log_prob = log_prob + torch.where(done, 0.0, drawn)
         steps.append(torch.where(done, pad, words))
         alphas.append(out.alpha)
-        done |= words == end
+        done = done | (words == end)
         state = out.state
         if bool(done.all()):
             break
@@ -243,4 +257,4 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     if not bool(done.all()):  # room for the forced <end>
         tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], pad)], 1)
     tokens[torch.arange(b * n, device=device), lengths] = end
-    return Samples(tokens, lengths, ~done, log_prob, torch.stack(alphas, 1))
+    return Samples(tokens, lengths, ~done, log_prob, torch.stack(alphas, 1), choice_log_prob)

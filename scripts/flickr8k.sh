@@ -31,6 +31,7 @@ FT_FLAGS=${FT_FLAGS:-"--encoder-lr 5e-5 --lr 1e-4 --amp --num-workers 4"}
 SCST_EPOCHS=${SCST_EPOCHS:-10}
 SCST_FLAGS=${SCST_FLAGS:-"--objective scst --lr 1e-4 --lr-decay 0.5 --lr-patience 0"}
 SCST_FT_FLAGS=${SCST_FT_FLAGS:-"--encoder-lr 1e-5 --amp --num-workers 4"}
+SCST_CHOICES=${SCST_CHOICES:-1}  # also hard's SCST with its locations sampled and trained; 0: not
 SEEDS=${SEEDS-"1 2"}  # more likelihood models of each kind, for the ensembles ("": none)
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -96,6 +97,12 @@ for ATT in soft hard; do
   fi
   train "${ATT}_scst" --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" $FLAGS
   evaluate "${ATT}_scst"
+  if [ "$ATT" = hard ] && [ "$SCST_CHOICES" != 0 ]; then
+    # the same stage with the sampled locations in the policy, REINFORCE over both
+    train hard_scst_choices --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" \
+        $FLAGS --scst-choices
+    evaluate hard_scst_choices
+  fi
 done
 # ensembles (`captioner evaluate --model A B ...`): the seeds of each kind, soft with hard,
 # and the two final models

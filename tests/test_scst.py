@@ -168,3 +168,70 @@ def test_scst_runs_from_the_command_line_and_bad_settings_are_refused(shapes_fea
         cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "bad"), **bad)
         with pytest.raises(TrainingError, match=match):
             Trainer(tiny_config(), cfg)
+
+
+def test_hard_attention_draws_its_locations_only_when_choosing():
+    """Under ``choosing`` an eval-mode hard attention samples a location per word and the
+    samples carry the drawn locations' log-probabilities; otherwise it draws nothing."""
+    from captioner.search import draw
+
+    model = _model(attention="hard")
+    feats = torch.randn(2, 16, model.config.feature_dim)
+    plain = sample(model.decoder, feats, 3, max_len=6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.choice_log_prob, torch.zeros(6))
+    seen = []
+    real = model.decoder.attention.forward
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        seen.append(out.extras["log_prob"].detach())
+        return out
+
+    model.decoder.attention.forward = spy
+    with model.decoder.attention.choosing():
+        drawn = draw(model.decoder, feats, 3, max_len=6, generator=torch.Generator().manual_seed(0))
+    assert not model.decoder.attention.choose_in_eval  # the mode ends with the block
+    steps = torch.stack(seen, 1)  # (6, T) location log-probabilities, step by step
+    going = torch.arange(steps.shape[1])[None] <= drawn.lengths[:, None]  # words and <end>
+    going &= ~(drawn.forced_end[:, None] & (torch.arange(steps.shape[1])[None] == drawn.lengths[:, None]))
+    assert torch.allclose(drawn.choice_log_prob, (steps * going).sum(1))
+    assert bool((drawn.choice_log_prob < 0).all())
+    assert drawn.log_prob.requires_grad and drawn.choice_log_prob.requires_grad
+    with pytest.raises(ValueError, match="no random choices"):
+        with _model().decoder.attention.choosing():
+            pass
+
+
+def test_scst_over_choices_rewards_words_and_locations(shapes_features_dir, tmp_path):
+    """--scst-choices: the loss is the self-critical loss of each caption's word plus location
+    log-probability, from the same draws; without it hard attention's locations get no
+    REINFORCE gradient at all from the loss."""
+    from captioner.search import draw
+
+    cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "run"), objective="scst",
+                      batch_size=4, progress=False, scst_choices=True)
+    trainer = Trainer(tiny_config("hard"), cfg, encoder_given=False)
+    batch = collate([trainer.dataset[i] for i in range(4)])
+    objective, model = trainer.objective, trainer.model
+    state = trainer.generator.get_state()
+    terms = objective.loss(batch)
+    assert model.training and terms["choice_log_prob"] < 0
+    trainer.generator.set_state(state)  # the same draws again, by hand
+    model.eval()
+    with model.decoder.attention.choosing():
+        drawn = draw(model.decoder, batch.inputs, 5, model.config.max_len, trainer.generator)
+    model.train()
+    rewards = objective._rewards(drawn, batch)
+    words = drawn.lengths + (~drawn.forced_end).long()
+    want = self_critical(drawn.log_prob + drawn.choice_log_prob, rewards, words.sum())
+    assert float(terms["scst"].detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    assert float(terms["scst"].detach()) != pytest.approx(
+        float(self_critical(drawn.log_prob, rewards, words.sum()).detach()), rel=1e-3)
+
+    for bad, attention, match in ((dict(scst_choices=True), "soft", "draws nothing to train"),
+                                  (dict(objective="xe", scst_choices=True), "hard",
+                                   "needs --objective scst")):
+        bad_cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "bad"),
+                              **{"objective": "scst", **bad})
+        with pytest.raises((TrainingError, ValueError), match=match):
+            Trainer(tiny_config(attention), bad_cfg)

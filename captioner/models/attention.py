@@ -11,6 +11,8 @@ checkpoint's ``attention_options``) and registers in ``ATTENTIONS``; nothing els
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +58,20 @@ class Attention(nn.Module):
         return cls(config.feature_dim, config.hidden_dim, config.attention_dim,
                    cls.Options(**config.attention_options))
 
+    #: whether the kind draws random choices (its ``extras["log_prob"]`` is their log-probability)
+    makes_choices = False
+
     def loss_terms(self, output: "DecoderOutput") -> dict[str, torch.Tensor]:
         """Extra training loss terms of this kind for a teacher-forced batch (none here)."""
         return {}
+
+    @contextmanager
+    def choosing(self) -> Iterator[None]:
+        """Within it, the kind draws its random choices even in eval mode, with their
+        log-probabilities in ``extras["log_prob"]`` (self-critical training over them); a kind
+        without choices refuses."""
+        raise ValueError(f"{type(self).__name__} makes no random choices to train")
+        yield
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """W_a a_i for every location, computed once per image: (B, P, D) -> (B, P, A)."""
@@ -142,30 +155,49 @@ class HardAttention(Attention):
             raise ValueError(f"hard attention inference must be 'expected' or 'argmax', "
                              f"not {self.options.inference!r}")
         self.use_expected = False
+        self.choose_in_eval = False  # set by ``choosing``
         # moving-average baseline b_k of the REINFORCE estimator, saved with the weights
         self.register_buffer("baseline", torch.zeros(()))
+
+    makes_choices = True
+
+    @contextmanager
+    def choosing(self) -> Iterator[None]:
+        """Locations are drawn in eval mode too (always: no expected-context coin)."""
+        self.choose_in_eval = True
+        try:
+            yield
+        finally:
+            self.choose_in_eval = False
 
     def reset(self, batch_size, generator=None):
         if self.training:  # inference draws nothing, so it never shifts the training RNG
             coin = torch.rand((), generator=generator,
                               device=generator.device if generator is not None else None)
             self.use_expected = bool(coin < self.options.expected_prob)
+        elif self.choose_in_eval:
+            self.use_expected = False
+
+    @staticmethod
+    def location(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """a_{s_t}: location ``index`` (N,) of each row's features, (N, P, D) one per row or
+        image-major (B, P, D) shared by k rows each -> (N, D)."""
+        image = torch.arange(len(index), device=index.device) // (len(index) // len(features))
+        return features[image, index]
 
     def forward(self, features, projected, hidden, generator=None):
         alpha = self.weights(projected, hidden)
-        if not self.training:
+        if not self.training and not self.choose_in_eval:
             if self.options.inference == "expected":
                 return AttentionOutput(self.context(alpha, features), alpha)
-            index = alpha.argmax(-1)
-            image = torch.arange(len(index), device=index.device) // (len(index) // len(features))
-            return AttentionOutput(features[image, index], alpha)
+            return AttentionOutput(self.location(features, alpha.argmax(-1)), alpha)
         entropy = -(alpha * torch.log(alpha.clamp_min(1e-12))).sum(-1)  # (B,)
         if self.use_expected:
             context = self.context(alpha, features)
             log_prob = torch.zeros_like(entropy)
         else:
             index = torch.multinomial(alpha.detach(), 1, generator=generator).squeeze(1)  # (B,)
-            context = features[torch.arange(len(index), device=features.device), index]
+            context = self.location(features, index)
             log_prob = torch.log(alpha.gather(1, index[:, None]).squeeze(1).clamp_min(1e-12))
         return AttentionOutput(context, alpha, {"log_prob": log_prob, "entropy": entropy})
 
