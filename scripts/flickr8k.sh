@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Reproduce the Flickr8k results: prepare features, train soft and hard attention, fine-tune the
-# soft model's encoder, then train it with self-critical training, evaluate on val, write a
-# results table.
+# Reproduce the Flickr8k results: prepare features; train soft and hard attention (and more
+# seeds of each); for each kind, fine-tune the encoder's last blocks, then self-critical
+# training (for hard also with its locations in the policy); evaluate every model and the
+# ensembles on val and, when the data has one, on test; write a results table.
 #   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
 #          and images/; e.g. ../shared/data/flickr8k)
 # Uses the GPU when there is one (prepare and train). Wall time, measured per stage (README):
-# on 2 CPU cores ~25 min to prepare and ~30 min per likelihood model, then the stages that train
-# the encoder from images: ~16 min per epoch of fine-tuning (3) and ~27 min per epoch of
-# self-critical training (10), about 7 h in all; on one H100 shared by 8 runs, ~40 s per
-# fine-tuning epoch and ~30 s per self-critical epoch. FINE_TUNE=0 skips the encoder: 10 epochs
-# of self-critical training on the frozen features (~45 min on CPU), about 2.5 h in all.
-# Flickr8k is for research use only: nothing it makes belongs in git.
+# on 2 CPU cores ~25 min to prepare and ~30 min per likelihood model (6 of them with SEEDS="1
+# 2"), then the stages that train the encoder from images: ~16 min per epoch of fine-tuning (3)
+# and ~27 min per epoch of self-critical training (10), about 7 h per kind; on one H100 shared by
+# 8 runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch. FINE_TUNE=0 skips the
+# encoder: self-critical training on the frozen features (~45 min per model on CPU). A killed
+# run resumes where it stopped. Flickr8k is for research use only: nothing it makes belongs in
+# git.
 set -euo pipefail
 DATA=${1:?usage: flickr8k.sh DATA_DIR OUT_DIR}
 OUT=${2:?usage: flickr8k.sh DATA_DIR OUT_DIR}

@@ -26,8 +26,8 @@ from captioner.vocab import Vocabulary
 
 from conftest import tiny_config
 
-OPTIONS = [DecodeOptions(beam_size=4, n_best=3, length_penalty=0.5), DecodeOptions(strategy="greedy"),
-           DecodeOptions(strategy="sample", n_best=3, seed=5)]
+OPTIONS = [DecodeOptions(beam_size=4, n_best=3, length_penalty=0.5),
+           DecodeOptions(strategy="greedy"), DecodeOptions(strategy="sample", n_best=3, seed=5)]
 
 
 def _model(seed: int, vocab: int = 14, **kw):
@@ -215,7 +215,8 @@ def test_the_service_serves_an_ensemble_and_lists_its_members(checkpoints, shape
         r = client.post("/v1/captions?beam_size=3",
                         files=[("images", (image.name, image.read_bytes(), "image/png"))])
         assert r.status_code == 200, r.text
-        assert r.json()["results"][0]["captions"][0]["text"] == cap.caption(image, beam_size=3)[0].text
+        want = cap.caption(image, beam_size=3)[0].text
+        assert r.json()["results"][0]["captions"][0]["text"] == want
         assert len(client.get("/v1/model").json()["members"]) == 2
 
 

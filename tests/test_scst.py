@@ -192,8 +192,9 @@ def test_hard_attention_draws_its_locations_only_when_choosing():
         drawn = draw(model.decoder, feats, 3, max_len=6, generator=torch.Generator().manual_seed(0))
     assert not model.decoder.attention.choose_in_eval  # the mode ends with the block
     steps = torch.stack(seen, 1)  # (6, T) location log-probabilities, step by step
-    going = torch.arange(steps.shape[1])[None] <= drawn.lengths[:, None]  # words and <end>
-    going &= ~(drawn.forced_end[:, None] & (torch.arange(steps.shape[1])[None] == drawn.lengths[:, None]))
+    t = torch.arange(steps.shape[1])[None]
+    going = t <= drawn.lengths[:, None]  # the steps that drew a word or <end>
+    going &= ~(drawn.forced_end[:, None] & (t == drawn.lengths[:, None]))
     assert torch.allclose(drawn.choice_log_prob, (steps * going).sum(1))
     assert bool((drawn.choice_log_prob < 0).all())
     assert drawn.log_prob.requires_grad and drawn.choice_log_prob.requires_grad
