@@ -109,7 +109,8 @@ def _sample(decoder: Decoder, features: torch.Tensor, o: DecodeOptions) -> list[
     """``n_best`` captions per image drawn from the model (temperature 1, ``seed``), ranked like
     beam search's."""
     generator = torch.Generator(features.device).manual_seed(o.seed)
-    drawn = sample(decoder, features, o.n_best, o.max_len, generator, o.allow_unk)
+    drawn = sample(decoder, features, o.n_best, o.max_len, generator, o.allow_unk,
+                   o.no_end_after)
     hyps = []
     for row, n in enumerate(drawn.lengths.tolist()):
         log_prob = float(drawn.log_prob[row])

@@ -214,15 +214,18 @@ class Samples:
 
 @inference
 def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20,
-           generator: torch.Generator | None = None, allow_unk: bool = False) -> Samples:
+           generator: torch.Generator | None = None, allow_unk: bool = False,
+           no_end_after: Sequence[int] | None = None) -> Samples:
     """Draw ``n`` captions per image of ``features`` (B, P, D) from the model's own word
-    distribution (eval mode, temperature 1; the words beam search never emits are banned, as
-    there). The n rows of an image share its features, as beam search's beams do."""
-    return draw(decoder, features, n, max_len, generator, allow_unk)
+    distribution (eval mode, temperature 1; the words beam search never emits are banned, and
+    <end> right after a word of ``no_end_after``, as there). The n rows of an image share its
+    features, as beam search's beams do."""
+    return draw(decoder, features, n, max_len, generator, allow_unk, no_end_after)
 
 
 def draw(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20,
-         generator: torch.Generator | None = None, allow_unk: bool = False) -> Samples:
+         generator: torch.Generator | None = None, allow_unk: bool = False,
+         no_end_after: Sequence[int] | None = None) -> Samples:
     """``sample`` in whatever mode the caller set: under autograd its log-probabilities carry
     gradients (self-critical training over the attention's choices draws this way)."""
     b = features.shape[0]
@@ -230,6 +233,7 @@ def draw(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20
     projected, state = decoder.init(features, generator)
     state = state.select(torch.arange(b, device=device).repeat_interleave(n))
     banned = banned_mask(decoder.vocab_size, allow_unk, device)
+    blocked = _id_mask(decoder.vocab_size, no_end_after, device) if no_end_after else None
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
     words = torch.full((b * n,), Vocabulary.start_id, dtype=torch.long, device=device)
     done = torch.zeros(b * n, dtype=torch.bool, device=device)
@@ -240,7 +244,10 @@ def draw(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20
         out = decoder.step(features, projected, state, words, generator)
         if "log_prob" in out.extras:  # the location this step read, drawn before its word
             choice_log_prob = choice_log_prob + torch.where(done, 0.0, out.extras["log_prob"])
-        probs = torch.softmax(out.logits.float().masked_fill(banned, float("-inf")), -1)
+        logits = out.logits.float().masked_fill(banned, float("-inf"))
+        if blocked is not None:
+            logits[:, end] = logits[:, end].masked_fill(blocked[words], float("-inf"))
+        probs = torch.softmax(logits, -1)
         words = torch.multinomial(probs.detach(), 1, generator=generator).squeeze(1)
         # the drawn words' log-probabilities only: no second pass over the vocabulary (SCST's
         # hot path draws B * n rows a step)

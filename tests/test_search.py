@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captioner.models import build_model
-from captioner.search import beam_search, greedy, sample
+from captioner.search import Hypothesis, beam_search, greedy, sample
 from captioner.vocab import Vocabulary
 
 from conftest import tiny_config
@@ -220,9 +220,17 @@ def test_no_caption_ends_right_after_a_blocked_word():
     early |= {h.tokens[-1] for h in greedy(model.decoder, feats, max_len=6) if 0 < len(h.tokens) < 6}
     assert early, "the test needs captions that end early"
     blocked = sorted(early) + [Vocabulary.start_id]
+    drawn = sample(model.decoder, feats, 20, max_len=6, generator=torch.Generator().manual_seed(0))
+    assert any(0 < int(k) < 6 and int(t[k - 1]) in blocked
+               for t, k in zip(drawn.tokens, drawn.lengths)), "sampling ends after them unblocked"
+    drawn = sample(model.decoder, feats, 20, max_len=6, generator=torch.Generator().manual_seed(0),
+                   no_end_after=blocked)
+    sampled = [[Hypothesis(t[:k].tolist(), 0.0, 0.0, None, True)]
+               for t, k in zip(drawn.tokens, drawn.lengths)]
     for hyps in (beam_search(model.decoder, feats, beam_size=3, max_len=6, n_best=3,
                              no_end_after=blocked),
-                 [[h] for h in greedy(model.decoder, feats, max_len=6, no_end_after=blocked)]):
+                 [[h] for h in greedy(model.decoder, feats, max_len=6, no_end_after=blocked)],
+                 sampled):
         for h in (h for hs in hyps for h in hs):
             assert h.tokens, "an empty caption was produced"
             assert h.tokens[-1] not in blocked or len(h.tokens) == 6  # only max_len may force it
