@@ -97,5 +97,5 @@ def evaluate_checkpoint(model: CaptionModel | Ensemble, vocab: Vocabulary, data:
     if results_path:
         atomic_write_json(results_path, results)
     if metrics_path:
-        atomic_write_json(metrics_path, {"split": split, **metrics})
+        atomic_write_json(metrics_path, {"split": split, "strategy": options.strategy, **metrics})
     return metrics

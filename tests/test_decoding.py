@@ -197,7 +197,8 @@ def test_a_registered_strategy_runs_through_decode_split_and_evaluate(toy_strate
     assert metrics["images"] == 12 and metrics["distinct_captions"] == 1
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["caption"] for r in results] == [" ".join(word)] * 12
-    assert json.loads((tmp_path / "metrics.json").read_text())["split"] == "val"
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert (written["split"], written["strategy"]) == ("val", "toy")
 
 
 def test_a_registered_strategy_runs_through_captioner_caption(toy_strategy, shapes_dir):
