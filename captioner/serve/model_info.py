@@ -14,7 +14,8 @@ from ..config import ModelConfig
 from ..inference import Captioner
 
 
-def describe_model(cap: Captioner, paths: Sequence[str | Path] = ()) -> dict[str, Any]:
+def describe_model(cap: Captioner, paths: str | Path | Sequence[str | Path] = ()
+                   ) -> dict[str, Any]:
     """The model's description for clients. ``paths`` (the checkpoints, chosen by whoever
     started the server) let it say what the model was trained on, from the run's training
     config. An ensemble is described by its first member, and each member under ``members``."""
