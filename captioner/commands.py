@@ -93,15 +93,13 @@ def decode_options(args):
 
 
 def evaluate(args) -> int:
-    import torch
-
     from .data.dataset import PreparedData
     from .evaluate import evaluate_checkpoint
     from .inference import load_models
 
     options = decode_options(args)
     data = PreparedData(args.data)
-    model, vocab = load_models(args.model, "cuda" if torch.cuda.is_available() else "cpu")
+    model, vocab = load_models(args.model)
     metrics = evaluate_checkpoint(model, vocab, data, args.split, options, args.results,
                                   args.metrics, args.max_images, meteor=not args.no_meteor)
     width = max(len(k) for k in metrics)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .data.dataset import PreparedData, collate, collate_members
 from .fileio import atomic_write_json
 from .metrics import EvaluationOptions, Prediction, build_evaluators, coco_result
-from .models.ensemble import Ensemble
+from .models.ensemble import Ensemble, members
 from .models.model import CaptionModel
 from .decoding import DecodeOptions, decode
 from .vocab import Vocabulary
@@ -93,7 +93,7 @@ def evaluate_checkpoint(model: CaptionModel | Ensemble, vocab: Vocabulary, data:
     metrics, results = score(predictions, coco=coco, meteor=meteor)
     metrics.update({"beam_size": float(options.beam_size),
                     "length_penalty": options.length_penalty,
-                    "models": float(len(getattr(model, "members", [model])))})
+                    "models": float(len(members(model)))})
     if results_path:
         atomic_write_json(results_path, results)
     if metrics_path:

@@ -13,7 +13,7 @@ from PIL import Image
 from .checkpoint import load_model
 from .data.images import build_transform, load_image
 from .decoding import DecodeOptions, decode
-from .models.ensemble import Ensemble
+from .models.ensemble import Ensemble, members
 from .models.model import CaptionModel
 from .vocab import Vocabulary
 
@@ -41,11 +41,18 @@ class Caption:
     grid_size: int
 
 
-def load_models(paths: ModelPaths = None, device: str | torch.device = "cpu"
+def default_device() -> str:
+    """Where models run unless told: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_models(paths: ModelPaths = None, device: str | torch.device | None = None
                 ) -> tuple[CaptionModel | Ensemble, Vocabulary]:
     """The model one checkpoint describes (default: the demo model), or the ``Ensemble`` of
-    several, with the vocabulary they share. A missing file raises FileNotFoundError saying how
-    to get a model; members with different vocabularies raise ValueError naming the file."""
+    several, with the vocabulary they share, on ``device`` (default: ``default_device()``). A
+    missing file raises FileNotFoundError saying how to get a model; members with different
+    vocabularies raise ValueError naming the file."""
+    device = device or default_device()
     if paths is None or isinstance(paths, (str, Path)):
         paths = [paths or default_model_path()]
     paths = [Path(p) for p in paths]
@@ -70,13 +77,12 @@ class Captioner:
 
     def __init__(self, model: CaptionModel | Ensemble, vocab: Vocabulary,
                  device: str | torch.device = "cpu"):
-        if isinstance(model, Ensemble):
-            first = model.members[0].config.preprocess
-            for i, member in enumerate(model.members):
-                if member.config.preprocess != first:
-                    raise ValueError(f"ensemble member {i + 1} preprocesses images as "
-                                     f"{member.config.preprocess}, the first as {first}; "
-                                     "captioning images needs one preprocessing")
+        first = model.config.preprocess
+        for i, member in enumerate(members(model)):
+            if member.config.preprocess != first:
+                raise ValueError(f"ensemble member {i + 1} preprocesses images as "
+                                 f"{member.config.preprocess}, the first as {first}; "
+                                 "captioning images needs one preprocessing")
         self.model, self.vocab, self.device = model.to(device).eval(), vocab, torch.device(device)
         self.transform = build_transform(model.config.preprocess)
         self.no_end_after = tuple(vocab.no_end_after() or ())  # None: no endings recorded
@@ -85,7 +91,7 @@ class Captioner:
     def load(cls, path: ModelPaths = None, device: str | None = None) -> "Captioner":
         """Load a checkpoint (default: the demo model), or several as an ensemble
         (``load_models``)."""
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         return cls(*load_models(path, device), device)
 
     def preprocess(self, image: ImageInput) -> torch.Tensor:

@@ -314,7 +314,7 @@ class Trainer:
                                  caps_s=f"{speed:.0f}")
             if st["step"] % 10 == 0:
                 self.log.log({"step": st["step"], "epoch": st["epoch"], "captions_per_s": speed,
-                           **{f"train/{k}": v for k, v in terms.items()}})
+                              **{f"train/{k}": v for k, v in terms.items()}})
             if cfg.save_every and st["step"] % cfg.save_every == 0:
                 self.save("last", with_train=True)
             limit = self._limit_reached()

@@ -91,6 +91,11 @@ class EnsembleDecoder(nn.Module):
                           outs[0].beta)
 
 
+def members(model: "CaptionModel | Ensemble") -> list[CaptionModel]:
+    """The models behind ``model``: an ensemble's members, or the model itself."""
+    return list(model.members) if isinstance(model, Ensemble) else [model]
+
+
 class Ensemble(nn.Module):
     """Models trained on one vocabulary, decoding together. ``config`` is the first member's
     (its caption length, preprocessing and grid are the ones reported)."""

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from ..config import ModelConfig
 from ..inference import Captioner
+from ..models.ensemble import members
 
 
 def describe_model(cap: Captioner, paths: str | Path | Sequence[str | Path] = ()
@@ -20,11 +21,10 @@ def describe_model(cap: Captioner, paths: str | Path | Sequence[str | Path] = ()
     started the server) let it say what the model was trained on, from the run's training
     config. An ensemble is described by its first member, and each member under ``members``."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
-    members = getattr(cap.model, "members", [cap.model])
     described = [_describe(m.config, paths[i] if i < len(paths) else None)
-                 for i, m in enumerate(members)]
+                 for i, m in enumerate(members(cap.model))]
     info = {**described[0], "vocab_size": len(cap.vocab), "device": str(cap.device)}
-    if len(members) > 1:
+    if len(described) > 1:
         info["members"] = described
     return info
 
