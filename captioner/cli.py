@@ -78,6 +78,7 @@ def _add_model_args(p) -> None:
         for f in fields(cls.Options):
             g.add_argument(f"--{kind}-{f.name.replace('_', '-')}", dest=f"{kind}_{f.name}",
                            type=type(f.default), default=f.default,
+                           choices=f.metadata.get("choices"),
                            help=f"{kind} attention: {f.name} (default: %(default)s)")
 
 

@@ -46,24 +46,21 @@ def doubly_stochastic(alpha: torch.Tensor, mask: torch.Tensor, lam: float) -> to
 
 def reinforce(log_likelihood: torch.Tensor, sample_log_prob: torch.Tensor, entropy: torch.Tensor,
               mask: torch.Tensor, baseline: torch.Tensor, reward_scale: float,
-              entropy_coef: float, baseline_decay: float = 0.9
-              ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The hard-attention estimator (section 4.1) as surrogate losses, and the new baseline.
+              entropy_coef: float) -> dict[str, torch.Tensor]:
+    """The hard-attention estimator (section 4.1) as surrogate losses.
 
     Minimising ``reinforce`` follows lambda_r (log p(y|s,a) - b) d log p(s|a)/dW, and minimising
-    ``entropy`` follows lambda_e dH[s]/dW. Both are divided by the number of target words so
-    they share the cross-entropy's scale. The baseline is b <- decay * b + (1 - decay) * mean
-    log-likelihood of the batch (the authors' code).
+    ``entropy`` follows lambda_e dH[s]/dW. ``baseline`` b is one number for every caption (the
+    paper's moving average) or one per caption (B,). Both terms are divided by the number of
+    target words so they share the cross-entropy's scale.
     """
     n_words = mask.sum().clamp_min(1)
     advantage = (log_likelihood - baseline).detach()  # (B,)
     log_p_s = (sample_log_prob * mask).sum(1)  # (B,) log p(s | a) of the sampled locations
-    terms = {
+    return {
         "reinforce": -reward_scale * (advantage * log_p_s).sum() / n_words,
         "entropy": -entropy_coef * (entropy * mask).sum() / n_words,
     }
-    new_baseline = baseline_decay * baseline + (1 - baseline_decay) * log_likelihood.detach().mean()
-    return terms, new_baseline
 
 
 def caption_losses(output: "DecoderOutput", alpha_c: float = 0.0, label_smoothing: float = 0.0

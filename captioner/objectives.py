@@ -8,8 +8,8 @@ on CIDEr-D (Rennie et al. 2017). A new objective is one class registered with
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,17 +51,38 @@ class Objective:
         raise NotImplementedError
 
     def _forward(self, batch: Batch, captions: torch.Tensor, lengths: torch.Tensor,
-                 image_index: torch.Tensor, inputs: torch.Tensor | None = None):
+                 image_index: torch.Tensor, inputs: torch.Tensor | None = None,
+                 module: nn.Module | None = None):
         """Teacher-forced decoder outputs (logits in float32) for ``captions`` of the batch's
-        images (or of ``inputs``, features already computed)."""
+        images (or of ``inputs``, features already computed), through ``module`` (default: the
+        context's, the DDP wrapper under torchrun)."""
         ctx = self.ctx
         source = batch.inputs.to(ctx.device, non_blocking=True) if inputs is None else inputs
         encoded = batch.encoded if inputs is None else True
         with ctx.autocast():
-            out = ctx.forward(source, captions.to(ctx.device), lengths,
-                              image_index.to(ctx.device), ctx.generator, encoded=encoded)
+            out = (module or ctx.forward)(source, captions.to(ctx.device), lengths,
+                                          image_index.to(ctx.device), ctx.generator,
+                                          encoded=encoded)
         out.logits = out.logits.float()
         return out
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The global RNG states that dropout draws from (CPU, and ``device``'s when CUDA)."""
+    return (torch.get_rng_state(),
+            torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def _replayed(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device
+              ) -> Iterator[None]:
+    """Within it the global RNG starts again from ``state``; afterwards it is where it was."""
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=[device] if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+        yield
 
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -94,10 +115,18 @@ class Likelihood(Objective):
             raise ValueError("--scst-choices needs --objective scst")
 
     def loss(self, batch):
+        rng = _rng_state(self.ctx.device)
         out = self._forward(batch, batch.captions, batch.lengths, batch.image_index)
         model = self.ctx.model
+
+        def rerun():
+            """The batch again, no gradients, the same dropout masks (the RNG replayed)."""
+            with torch.no_grad(), _replayed(rng, self.ctx.device):
+                return self._forward(batch, batch.captions, batch.lengths, batch.image_index,
+                                     module=model)
+
         terms = caption_losses(out, model.config.alpha_c, self.cfg.label_smoothing)
-        terms.update(model.decoder.attention.loss_terms(out))
+        terms.update(model.decoder.attention.loss_terms(out, rerun))
         terms["total"] = sum(terms.values())
         return terms
 

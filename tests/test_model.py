@@ -113,8 +113,8 @@ def test_hard_attention_scores_get_gradient_only_through_reinforce():
     grad_ce, = torch.autograd.grad(ce, score, retain_graph=True, allow_unused=True)
     assert grad_ce is None or grad_ce.abs().sum() == 0  # sampling is not differentiable
     ll = caption_log_likelihood(out.logits, out.targets, out.mask)
-    terms, _ = reinforce(ll, out.extras["log_prob"], out.extras["entropy"], out.mask,
-                         torch.tensor(0.0), 0.1, 0.0)
+    terms = reinforce(ll, out.extras["log_prob"], out.extras["entropy"], out.mask,
+                      torch.tensor(0.0), 0.1, 0.0)
     grad_r, = torch.autograd.grad(terms["reinforce"], score)
     assert grad_r.abs().sum() > 0
 
@@ -206,15 +206,83 @@ def test_doubly_stochastic_is_zero_when_each_location_gets_total_attention_one()
                          torch.tensor(2.0 * 4 * 0.25 / 2))
 
 
-def test_reinforce_baseline_is_a_moving_average_and_advantage_sign_is_right():
+def test_reinforce_advantage_sign_is_right_for_one_baseline_or_one_per_caption():
     ll = torch.tensor([-1.0, -3.0])
-    log_p_s = torch.tensor([[-0.5], [-0.5]], requires_grad=True)
     mask = torch.ones(2, 1, dtype=torch.bool)
-    terms, b = reinforce(ll, log_p_s, torch.zeros(2, 1), mask, torch.tensor(-2.0), 1.0, 0.0)
-    assert torch.isclose(b, torch.tensor(0.9 * -2.0 + 0.1 * -2.0))
-    terms["reinforce"].backward()
-    # the better-than-baseline caption's sample is made more likely (negative loss gradient)
-    assert log_p_s.grad[0, 0] < 0 < log_p_s.grad[1, 0]
+    for baseline, better in ((torch.tensor(-2.0), 0), (torch.tensor([-0.5, -3.5]), 1)):
+        log_p_s = torch.tensor([[-0.5], [-0.5]], requires_grad=True)
+        reinforce(ll, log_p_s, torch.zeros(2, 1), mask, baseline, 1.0, 0.0)["reinforce"].backward()
+        # the better-than-its-baseline caption's sample is made more likely (negative gradient)
+        assert log_p_s.grad[better, 0] < 0 < log_p_s.grad[1 - better, 0]
+
+
+def _hard_terms(baseline: str, dropout: float = 0.0):
+    """A hard model's teacher-forced batch with sampled locations; its loss terms with a rerun
+    that replays the RNG, as the likelihood objective's does; what the rerun saw."""
+    from captioner.objectives import _replayed, _rng_state
+
+    model = build_model(tiny_config("hard", dropout=dropout, attention_options={
+        "expected_prob": 0.0, "entropy": 0.0, "baseline": baseline})).train()
+    feats = torch.randn(4, 16, model.config.feature_dim)
+    caps, lengths = _batch()
+    g = torch.Generator().manual_seed(1)
+    rng = _rng_state(torch.device("cpu"))
+    out = model(feats, caps, lengths, generator=g, encoded=True)
+    seen = []
+
+    def rerun():
+        with torch.no_grad(), _replayed(rng, torch.device("cpu")):
+            seen.append((model(feats, caps, lengths, generator=g, encoded=True), g.get_state()))
+        return seen[-1][0]
+
+    before = model.decoder.attention.baseline.clone()
+    g_state = g.get_state()
+    terms = model.decoder.attention.loss_terms(out, rerun)
+    return model, out, terms, seen, before, g_state
+
+
+def test_hard_moving_baseline_is_the_authors_moving_average_and_needs_no_rerun():
+    model, out, terms, seen, before, _ = _hard_terms("moving")
+    ll = caption_log_likelihood(out.logits, out.targets, out.mask)
+    assert seen == []
+    assert torch.isclose(model.decoder.attention.baseline, 0.9 * before + 0.1 * ll.mean())
+    expected = reinforce(ll, out.extras["log_prob"], out.extras["entropy"], out.mask, before,
+                         0.1, 0.0)
+    assert torch.equal(terms["reinforce"], expected["reinforce"])
+
+
+def test_hard_expected_baseline_is_each_captions_log_likelihood_with_the_expected_context():
+    model, out, terms, seen, before, g_state = _hard_terms("expected", dropout=0.5)
+    (reference, g_after), = seen
+    assert torch.equal(g_after, g_state)  # the rerun drew no coin and no location
+    assert not reference.extras["log_prob"].any()  # it used the expected context throughout
+    assert not model.decoder.attention.force_expected
+    ll = caption_log_likelihood(out.logits, out.targets, out.mask)
+    per_caption = caption_log_likelihood(reference.logits, reference.targets, reference.mask)
+    assert per_caption.shape == (4,) and not torch.equal(per_caption, ll)
+    expected = reinforce(ll, out.extras["log_prob"], out.extras["entropy"], out.mask,
+                         per_caption, 0.1, 0.0)
+    assert torch.allclose(terms["reinforce"], expected["reinforce"])
+    moving = reinforce(ll, out.extras["log_prob"], out.extras["entropy"], out.mask, before,
+                       0.1, 0.0)
+    assert not torch.allclose(terms["reinforce"], moving["reinforce"])
+    # the moving average still follows the batch (it is what a checkpoint saves and reports)
+    assert torch.isclose(model.decoder.attention.baseline, 0.9 * before + 0.1 * ll.mean())
+
+
+def test_hard_expected_baseline_reruns_nothing_on_an_expected_context_batch():
+    model = build_model(tiny_config("hard", attention_options={
+        "expected_prob": 1.0, "baseline": "expected"})).train()
+    caps, lengths = _batch()
+    out = model(torch.randn(4, 16, model.config.feature_dim), caps, lengths, encoded=True)
+    terms = model.decoder.attention.loss_terms(out, rerun=lambda: pytest.fail("reran"))
+    assert terms["reinforce"] == 0
+
+
+def test_hard_attention_refuses_an_unknown_baseline():
+    with pytest.raises(ValueError, match="HardAttention baseline must be one of moving, "
+                                         "expected, not 'median'"):
+        build_model(tiny_config("hard", attention_options={"baseline": "median"}))
 
 
 def test_unknown_attention_and_encoder_names_list_the_known_ones():
@@ -314,3 +382,31 @@ def test_deep_output_tanh_squashes_the_sum_before_the_word_layer():
     with pytest.raises(ValueError, match="deep_output"):
         Decoder(tiny_config(feature_dim=6, deep_output="relu"))
 
+
+
+def test_the_likelihood_objectives_rerun_replays_the_batchs_dropout_masks():
+    from contextlib import nullcontext
+
+    from captioner.config import TrainConfig
+    from captioner.data.dataset import Batch
+    from captioner.objectives import Likelihood, StepContext
+
+    model = build_model(tiny_config("soft", dropout=0.5)).train()
+    ctx = StepContext(model, model, torch.device("cpu"), torch.Generator().manual_seed(0),
+                      nullcontext)
+    caps, lengths = _batch()
+    batch = Batch(torch.randn(4, 16, model.config.feature_dim), caps, lengths, torch.arange(4),
+                  [], [], [], True)
+    seen = {}
+
+    def loss_terms(out, rerun):
+        rng = torch.get_rng_state()
+        seen["out"], seen["again"] = out, rerun()
+        seen["rng_kept"] = torch.equal(torch.get_rng_state(), rng)
+        return {}
+
+    model.decoder.attention.loss_terms = loss_terms
+    Likelihood(ctx, TrainConfig(), None).loss(batch)
+    assert torch.equal(seen["again"].logits, seen["out"].logits)  # the same dropout masks
+    assert not seen["again"].logits.requires_grad and seen["out"].logits.requires_grad
+    assert seen["rng_kept"]  # training's RNG goes on from where the batch left it

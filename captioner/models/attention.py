@@ -3,15 +3,15 @@
 An attention module is built from ``(feature_dim, hidden_dim, attention_dim, options)``. The
 decoder calls ``project(features)`` once per image, ``reset(batch_size, generator)`` once per
 caption batch, and then ``attention(features, projected, hidden)`` at every word; training adds
-``loss_terms(output)``, the kind's own loss terms. A new kind subclasses ``Attention``, declares
-its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag and is saved in the
-checkpoint's ``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
+``loss_terms(output, rerun)``, the kind's own loss terms. A new kind subclasses ``Attention``, declares
+its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag, with the
+field's ``metadata["choices"]`` if any, and is saved in the checkpoint's ``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,11 @@ class Attention(nn.Module):
                  options: Any = None):
         super().__init__()
         self.options = options if options is not None else self.Options()
+        for f in dataclasses.fields(self.options):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self.options, f.name) not in choices:
+                raise ValueError(f"{type(self).__name__} {f.name} must be one of "
+                                 f"{', '.join(choices)}, not {getattr(self.options, f.name)!r}")
         self.feature_proj = nn.Linear(feature_dim, attention_dim)
         self.hidden_proj = nn.Linear(hidden_dim, attention_dim)
         self.score = nn.Linear(attention_dim, 1)
@@ -61,8 +66,12 @@ class Attention(nn.Module):
     #: whether the kind draws random choices (its ``extras["log_prob"]`` is their log-probability)
     makes_choices = False
 
-    def loss_terms(self, output: "DecoderOutput") -> dict[str, torch.Tensor]:
-        """Extra training loss terms of this kind for a teacher-forced batch (none here)."""
+    def loss_terms(self, output: "DecoderOutput",
+                   rerun: Callable[[], "DecoderOutput"] | None = None) -> dict[str, torch.Tensor]:
+        """Extra training loss terms of this kind for a teacher-forced batch (none here).
+        ``rerun()`` decodes the same batch again, without gradients and with the same dropout
+        masks, for a kind that compares with another pass (hard attention's per-caption
+        baseline sets its own mode around the call)."""
         return {}
 
     @contextmanager
@@ -133,6 +142,13 @@ class HardAttention(Attention):
     the REINFORCE terms; with probability ``expected_prob`` a whole minibatch uses the expected
     context instead (one coin per batch, as in the authors' code).
 
+    The REINFORCE baseline b is ``baseline`` = "moving" (the paper's: one moving average of the
+    captions' log-likelihood for all of them) or "expected": each caption's own log-likelihood
+    with the expected context, the same words and the same dropout masks (one more forward pass
+    without gradients per sampled batch). A caption's log-likelihood varies across captions by
+    far more than across location draws (``benchmarks/hard_attention_noise.py``), and only the
+    second says anything about the locations; the per-caption baseline removes the first.
+
     Inference uses ``inference`` = "expected" (default) or "argmax". The expectation is the
     default because it is deterministic, it is what half of all training batches used, and it
     scored better in the authors' and our runs; "argmax" reads one location per word, which shows
@@ -145,17 +161,15 @@ class HardAttention(Attention):
         reward_scale: float = 0.1  # lambda_r
         entropy: float = 0.002  # lambda_e
         expected_prob: float = 0.5  # chance that a minibatch uses the expected context
-        inference: str = "expected"  # "expected" or "argmax"
-
-    INFERENCE = ("expected", "argmax")
+        inference: str = field(default="expected", metadata={"choices": ("expected", "argmax")})
+        # REINFORCE's b: one "moving" average, or each caption's own with the "expected" context
+        baseline: str = field(default="moving", metadata={"choices": ("moving", "expected")})
 
     def __init__(self, feature_dim, hidden_dim, attention_dim, options=None):
         super().__init__(feature_dim, hidden_dim, attention_dim, options)
-        if self.options.inference not in self.INFERENCE:
-            raise ValueError(f"hard attention inference must be 'expected' or 'argmax', "
-                             f"not {self.options.inference!r}")
         self.use_expected = False
         self.choose_in_eval = False  # set by ``choosing``
+        self.force_expected = False  # set while rerunning a batch for its baseline
         # moving-average baseline b_k of the REINFORCE estimator, saved with the weights
         self.register_buffer("baseline", torch.zeros(()))
 
@@ -171,7 +185,9 @@ class HardAttention(Attention):
             self.choose_in_eval = False
 
     def reset(self, batch_size, generator=None):
-        if self.training:  # inference draws nothing, so it never shifts the training RNG
+        if self.force_expected:  # draws no coin: the training RNG stays where it was
+            self.use_expected = True
+        elif self.training:  # inference draws nothing, so it never shifts the training RNG
             coin = torch.rand((), generator=generator,
                               device=generator.device if generator is not None else None)
             self.use_expected = bool(coin < self.options.expected_prob)
@@ -201,15 +217,26 @@ class HardAttention(Attention):
             log_prob = torch.log(alpha.gather(1, index[:, None]).squeeze(1).clamp_min(1e-12))
         return AttentionOutput(context, alpha, {"log_prob": log_prob, "entropy": entropy})
 
-    def loss_terms(self, output):
+    def loss_terms(self, output, rerun=None):
         """The REINFORCE and entropy terms of section 4.1, rewarded with the plain
-        log-likelihood of the captions; moves the baseline on."""
+        log-likelihood of the captions; moves the moving-average baseline on (the authors'
+        b <- decay * b + (1 - decay) * the batch's mean log-likelihood)."""
         o = self.options
         ll = caption_log_likelihood(output.logits, output.targets, output.mask)
-        terms, baseline = reinforce(ll, output.extras["log_prob"], output.extras["entropy"],
-                                    output.mask, self.baseline, o.reward_scale, o.entropy,
-                                    o.baseline_decay)
-        self.baseline.copy_(baseline)
+        baseline = self.baseline
+        if o.baseline == "expected" and not self.use_expected:  # a batch that drew locations
+            if rerun is None:
+                raise ValueError("hard attention's expected baseline needs the batch rerun")
+            self.force_expected = True
+            try:
+                reference = rerun()
+            finally:
+                self.force_expected = False
+            baseline = caption_log_likelihood(reference.logits, reference.targets,
+                                              reference.mask).detach()
+        terms = reinforce(ll, output.extras["log_prob"], output.extras["entropy"], output.mask,
+                          baseline, o.reward_scale, o.entropy)
+        self.baseline.lerp_(ll.detach().mean().to(self.baseline.dtype), 1 - o.baseline_decay)
         return terms
 
 
