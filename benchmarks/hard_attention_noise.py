@@ -14,8 +14,8 @@ only the locations vary), and reports
   norm of its mean, the root of its total variance, and their ratio squared (the signal-to-noise
   ratio of one draw). Baselines: the checkpoint's moving average (what training uses), the
   batch's mean, each caption's log-likelihood under the expected context (one extra
-  deterministic pass), and each caption's mean over the other draws (leave-one-out, as
-  self-critical training does).
+  deterministic pass: what ``--hard-baseline expected`` trains with), and each caption's mean
+  over the other draws (leave-one-out, as self-critical training does).
 
 Run by hand on a trained model (never by CI):
 

@@ -27,6 +27,7 @@ EPOCHS=${EPOCHS:-8}
 BEAM=${BEAM:-5}
 LENGTH_PENALTY=${LENGTH_PENALTY:-0.5}
 TRAIN_FLAGS=${TRAIN_FLAGS:-"--alpha-c 0 --lr 4e-4 --dropout 0.3"}
+HARD_FLAGS=${HARD_FLAGS-""}  # hard's own likelihood flags (e.g. "--hard-baseline expected")
 FINE_TUNE=${FINE_TUNE:-3}   # encoder blocks trained from images; 0: keep the frozen features
 FT_EPOCHS=${FT_EPOCHS:-3}
 FT_FLAGS=${FT_FLAGS:-"--encoder-lr 5e-5 --lr 1e-4 --amp --num-workers 4"}
@@ -77,10 +78,12 @@ best() { for run in "$@"; do echo "$OUT/$run/best.safetensors"; done; }
 RESULTS=""
 # the likelihood models: soft and hard, and more seeds of each for the ensembles
 for ATT in soft hard; do
-  train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $TRAIN_FLAGS
+  KIND_FLAGS=$TRAIN_FLAGS
+  [ "$ATT" = hard ] && KIND_FLAGS="$KIND_FLAGS $HARD_FLAGS"
+  train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $KIND_FLAGS
   evaluate "$ATT"
   for SEED in $SEEDS; do
-    train "${ATT}_seed$SEED" --attention "$ATT" --epochs "$EPOCHS" --seed "$SEED" $TRAIN_FLAGS
+    train "${ATT}_seed$SEED" --attention "$ATT" --epochs "$EPOCHS" --seed "$SEED" $KIND_FLAGS
     evaluate "${ATT}_seed$SEED"
   done
 done
