@@ -3,9 +3,10 @@
 An attention module is built from ``(feature_dim, hidden_dim, attention_dim, options)``. The
 decoder calls ``project(features)`` once per image, ``reset(batch_size, generator)`` once per
 caption batch, and then ``attention(features, projected, hidden)`` at every word; training adds
-``loss_terms(output, rerun)``, the kind's own loss terms. A new kind subclasses ``Attention``, declares
-its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag, with the
-field's ``metadata["choices"]`` if any, and is saved in the checkpoint's ``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
+``loss_terms(output, rerun)``, the kind's own loss terms. A new kind subclasses ``Attention``,
+declares its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag, with the
+field's ``metadata["choices"]`` if it has any, and is saved in the checkpoint's
+``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
 """
 
 from __future__ import annotations
