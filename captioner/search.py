@@ -57,19 +57,36 @@ def banned_mask(vocab_size: int, allow_unk: bool = False, device=None) -> torch.
     return _id_mask(vocab_size, never, device)
 
 
+def _word_masks(vocab_size: int, allow_unk: bool, no_end_after: Sequence[int] | None,
+                device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The decoding constraints as masks: ``banned_mask`` and, with ``no_end_after``, (V,) True
+    for the words <end> may not follow."""
+    blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
+    return banned_mask(vocab_size, allow_unk, device), blocked
+
+
+def _constrained(scores: torch.Tensor, words: torch.Tensor, banned: torch.Tensor,
+                 blocked: torch.Tensor | None) -> torch.Tensor:
+    """``scores`` (N, V) (logits or log-probabilities) with -inf for every ``banned`` word and
+    for <end> right after a ``blocked`` previous word (``words`` (N,))."""
+    scores = scores.masked_fill(banned, float("-inf"))
+    if blocked is not None:
+        end = Vocabulary.end_id
+        scores[:, end] = scores[:, end].masked_fill(blocked[words], float("-inf"))
+    return scores
+
+
 def _next_word_log_probs(logits: torch.Tensor, words: torch.Tensor, t: int, max_len: int,
                          banned: torch.Tensor, blocked: torch.Tensor | None) -> torch.Tensor:
-    """log p(next word) of each row with the decoding constraints applied: no ``banned`` word,
-    no <end> right after a ``blocked`` previous word, and only <end> once max_len words are in."""
-    end = Vocabulary.end_id
-    logp = torch.log_softmax(logits.float(), -1).masked_fill(banned, float("-inf"))
+    """log p(next word) of each row with the decoding constraints applied (``_constrained``),
+    and only <end> once max_len words are in."""
+    logp = torch.log_softmax(logits.float(), -1)
     if t == max_len:  # no room for another word
+        end = Vocabulary.end_id
         only_end = torch.full_like(logp, float("-inf"))
         only_end[:, end] = logp[:, end]
         return only_end
-    if blocked is not None:
-        logp[:, end] = logp[:, end].masked_fill(blocked[words], float("-inf"))
-    return logp
+    return _constrained(logp, words, banned, blocked)
 
 
 @inference
@@ -92,8 +109,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam_size: int = 5, ma
     # the state has k rows per image (image-major); features and projected stay one per image
     state = state.select(torch.arange(b, device=device).repeat_interleave(k))
     vocab_size = decoder.vocab_size
-    banned = banned_mask(vocab_size, allow_unk, device)
-    blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
+    banned, blocked = _word_masks(vocab_size, allow_unk, no_end_after, device)
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
 
     scores = torch.full((b, k), float("-inf"), device=device)
@@ -169,8 +185,7 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, allow_un
     device = features.device
     projected, state = decoder.init(features)
     vocab_size = decoder.vocab_size
-    banned = banned_mask(vocab_size, allow_unk, device)
-    blocked = _id_mask(vocab_size, no_end_after, device) if no_end_after else None
+    banned, blocked = _word_masks(vocab_size, allow_unk, no_end_after, device)
     words = torch.full((b,), Vocabulary.start_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(b, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -232,8 +247,7 @@ def draw(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20
     device = features.device
     projected, state = decoder.init(features, generator)
     state = state.select(torch.arange(b, device=device).repeat_interleave(n))
-    banned = banned_mask(decoder.vocab_size, allow_unk, device)
-    blocked = _id_mask(decoder.vocab_size, no_end_after, device) if no_end_after else None
+    banned, blocked = _word_masks(decoder.vocab_size, allow_unk, no_end_after, device)
     end, pad = Vocabulary.end_id, Vocabulary.pad_id
     words = torch.full((b * n,), Vocabulary.start_id, dtype=torch.long, device=device)
     done = torch.zeros(b * n, dtype=torch.bool, device=device)
@@ -244,10 +258,7 @@ def draw(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20
         out = decoder.step(features, projected, state, words, generator)
         if "log_prob" in out.extras:  # the location this step read, drawn before its word
             choice_log_prob = choice_log_prob + torch.where(done, 0.0, out.extras["log_prob"])
-        logits = out.logits.float().masked_fill(banned, float("-inf"))
-        if blocked is not None:
-            logits[:, end] = logits[:, end].masked_fill(blocked[words], float("-inf"))
-        probs = torch.softmax(logits, -1)
+        probs = torch.softmax(_constrained(out.logits.float(), words, banned, blocked), -1)
         words = torch.multinomial(probs.detach(), 1, generator=generator).squeeze(1)
         # the drawn words' log-probabilities only: no second pass over the vocabulary (SCST's
         # hot path draws B * n rows a step)
