@@ -256,7 +256,7 @@ def test_hard_expected_baseline_is_each_captions_log_likelihood_with_the_expecte
     (reference, g_after), = seen
     assert torch.equal(g_after, g_state)  # the rerun drew no coin and no location
     assert not reference.extras["log_prob"].any()  # it used the expected context throughout
-    assert not model.decoder.attention.force_expected
+    assert model.decoder.attention.forced is None  # the mode ends with the rerun
     ll = caption_log_likelihood(out.logits, out.targets, out.mask)
     per_caption = caption_log_likelihood(reference.logits, reference.targets, reference.mask)
     assert per_caption.shape == (4,) and not torch.equal(per_caption, ll)

@@ -190,7 +190,7 @@ def test_hard_attention_draws_its_locations_only_when_choosing():
     model.decoder.attention.forward = spy
     with model.decoder.attention.choosing():
         drawn = draw(model.decoder, feats, 3, max_len=6, generator=torch.Generator().manual_seed(0))
-    assert not model.decoder.attention.choose_in_eval  # the mode ends with the block
+    assert model.decoder.attention.forced is None  # the mode ends with the block
     steps = torch.stack(seen, 1)  # (6, T) location log-probabilities, step by step
     t = torch.arange(steps.shape[1])[None]
     going = t <= drawn.lengths[:, None]  # the steps that drew a word or <end>

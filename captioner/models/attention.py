@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -169,31 +169,36 @@ class HardAttention(Attention):
     def __init__(self, feature_dim, hidden_dim, attention_dim, options=None):
         super().__init__(feature_dim, hidden_dim, attention_dim, options)
         self.use_expected = False
-        self.choose_in_eval = False  # set by ``choosing``
-        self.force_expected = False  # set while rerunning a batch for its baseline
+        self.forced: bool | None = None  # use_expected while ``choosing`` (False)/``expecting``
         # moving-average baseline b_k of the REINFORCE estimator, saved with the weights
         self.register_buffer("baseline", torch.zeros(()))
 
     makes_choices = True
 
     @contextmanager
-    def choosing(self) -> Iterator[None]:
-        """Locations are drawn in eval mode too (always: no expected-context coin)."""
-        self.choose_in_eval = True
+    def _forcing(self, use_expected: bool) -> Iterator[None]:
+        self.forced = use_expected
         try:
             yield
         finally:
-            self.choose_in_eval = False
+            self.forced = None
+
+    def choosing(self) -> AbstractContextManager[None]:
+        """Locations are drawn in eval mode too (always: no expected-context coin)."""
+        return self._forcing(False)
+
+    def expecting(self) -> AbstractContextManager[None]:
+        """Every batch uses the expected context, and no coin is drawn, so the training RNG
+        stays where it was (the per-caption baseline's rerun)."""
+        return self._forcing(True)
 
     def reset(self, batch_size, generator=None):
-        if self.force_expected:  # draws no coin: the training RNG stays where it was
-            self.use_expected = True
+        if self.forced is not None:  # draws no coin
+            self.use_expected = self.forced
         elif self.training:  # inference draws nothing, so it never shifts the training RNG
             coin = torch.rand((), generator=generator,
                               device=generator.device if generator is not None else None)
             self.use_expected = bool(coin < self.options.expected_prob)
-        elif self.choose_in_eval:
-            self.use_expected = False
 
     @staticmethod
     def location(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -204,7 +209,7 @@ class HardAttention(Attention):
 
     def forward(self, features, projected, hidden, generator=None):
         alpha = self.weights(projected, hidden)
-        if not self.training and not self.choose_in_eval:
+        if not self.training and self.forced is None:
             if self.options.inference == "expected":
                 return AttentionOutput(self.context(alpha, features), alpha)
             return AttentionOutput(self.location(features, alpha.argmax(-1)), alpha)
@@ -228,11 +233,8 @@ class HardAttention(Attention):
         if o.baseline == "expected" and not self.use_expected:  # a batch that drew locations
             if rerun is None:
                 raise ValueError("hard attention's expected baseline needs the batch rerun")
-            self.force_expected = True
-            try:
+            with self.expecting():
                 reference = rerun()
-            finally:
-                self.force_expected = False
             baseline = caption_log_likelihood(reference.logits, reference.targets,
                                               reference.mask).detach()
         terms = reinforce(ll, output.extras["log_prob"], output.extras["entropy"], output.mask,
