@@ -186,6 +186,33 @@ def test_looping_step_gives_the_teacher_forced_logits():
         assert torch.allclose(step.alpha[live], out.alpha[live, t], atol=1e-6)
 
 
+def test_teacher_forcing_gradients_are_those_of_stepping_the_whole_batch():
+    """The shrinking batch (each step on the captions still going, their slices of the
+    features and projections sharing one gradient buffer) trains exactly what stepping every
+    caption through every word and masking the loss would."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config()).eval()  # dropout off: both passes see the same model
+    feats = torch.randn(3, 16, model.config.feature_dim, requires_grad=True)
+    caps, lengths = _batch(n=3)
+    upstream = torch.randn(3, caps.shape[1] - 1, model.config.vocab_size)
+    params = [feats, *model.parameters()]
+
+    out = model(feats, caps, lengths, encoded=True)
+    ours = torch.autograd.grad((out.logits * upstream).sum(), params, allow_unused=True)
+
+    projected, state = model.decoder.init(feats)
+    total = 0
+    for t in range(caps.shape[1] - 1):
+        step = model.decoder.step(feats, projected, state, caps[:, t])
+        state = step.state
+        total = total + (step.logits * upstream[:, t] * out.mask[:, t, None]).sum()
+    stepped = torch.autograd.grad(total, params, allow_unused=True)
+    assert ours[0] is not None and ours[0].abs().sum() > 0
+    for a, b in zip(ours, stepped):
+        assert (a is None) == (b is None)
+        assert a is None or torch.allclose(a, b, atol=1e-5)
+
+
 def test_image_index_encodes_each_image_once_for_all_its_captions():
     model = build_model(tiny_config()).eval()
     images = torch.randn(2, 3, 64, 64)
@@ -345,6 +372,30 @@ def test_attention_weights_are_the_papers_softmax_of_w_tanh(mode, monkeypatch):
         alpha = att.weights(projected, hidden)
     assert torch.allclose(alpha, expected, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_training_gradients_of_the_attention_weights_are_those_of_the_papers_formula(beams):
+    """Training scores attention with a hand-written backward; every gradient (the three
+    layers' weights and biases, the hidden state, the features) is autograd's of w^T tanh."""
+    torch.manual_seed(0)
+    att = SoftAttention(6, 5, 4).double()
+    feats = torch.randn(5, 7, 6, dtype=torch.double, requires_grad=True)
+    hidden = torch.randn(5 * beams, 5, dtype=torch.double, requires_grad=True)
+    upstream = torch.randn(5 * beams, 7, dtype=torch.double)  # any loss on alpha
+
+    def gradients(alpha_of):
+        inputs = [feats, hidden, *att.parameters()]
+        return torch.autograd.grad((alpha_of() * upstream).sum(), inputs)
+
+    def formula():
+        h = att.hidden_proj(hidden).view(5, beams, 1, 4)
+        return torch.softmax(att.score(torch.tanh(att.project(feats)[:, None] + h))
+                             .view(5 * beams, 7), -1)
+
+    ours = gradients(lambda: att.weights(att.project(feats), hidden))
+    for got, expected in zip(ours, gradients(formula)):
+        assert torch.allclose(got, expected, atol=1e-10)
 
 @pytest.mark.parametrize("kind,inference", [("soft", "expected"), ("hard", "expected"),
                                             ("hard", "argmax")])

@@ -106,8 +106,10 @@ class Attention(nn.Module):
         k = n // b
         h2 = (2 * self.hidden_proj(hidden)).view(b, k, 1, a)
         w2 = 2 * self.score.weight[0]
-        if torch.is_grad_enabled() or projected.device.type != "cpu":
-            e = torch.add(h2, projected[:, None], alpha=2).sigmoid_() @ w2  # (B, k, P)
+        if torch.is_grad_enabled():
+            e = _SigmoidScores.apply(h2, projected, w2)  # (B, k, P)
+        elif projected.device.type != "cpu":
+            e = torch.add(h2, projected[:, None], alpha=2).sigmoid_() @ w2
         else:
             step = max(1, self.cpu_block_elements // (k * p * a))  # images per block
             buffer = projected.new_empty(min(step, b), k, p, a)
@@ -125,6 +127,36 @@ class Attention(nn.Module):
     def forward(self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor,
                 generator: torch.Generator | None = None) -> AttentionOutput:
         raise NotImplementedError
+
+
+class _SigmoidScores(torch.autograd.Function):
+    """e = sigmoid(h2 + 2 projected) @ w2 for h2 (B, k, 1, A), projected (B, P, A), w2 (A,)
+    -> (B, k, P), with a hand-written backward.
+
+    Autograd's backward of the same expression allocates three tensors of that size (the
+    outer product of the scores' gradient with w2, the sigmoid's backward, the doubling); this
+    one allocates one, s (1 - s), and scales it in place (training steps measured in
+    benchmarks/README.md, "decoder_throughput.py").
+    """
+
+    @staticmethod
+    def forward(ctx, h2: torch.Tensor, projected: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+        s = torch.add(h2, projected[:, None], alpha=2).sigmoid_()  # (B, k, P, A)
+        ctx.save_for_backward(s, w2)
+        return s @ w2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # grad (B, k, P)
+        s, w2 = ctx.saved_tensors
+        g = torch.addcmul(s, s, s, value=-1)  # sigmoid'(x) = s (1 - s)
+        g.mul_(grad.unsqueeze(-1)).mul_(2 * w2)  # dL/d projected = 2 dL/d(its sum with h2)
+        grad_h2 = g.sum(2, keepdim=True).mul_(0.5) if ctx.needs_input_grad[0] else None
+        grad_projected = (g[:, 0] if g.shape[1] == 1 else g.sum(1)) if ctx.needs_input_grad[1] \
+            else None
+        grad_w2 = (grad.reshape(1, -1) @ s.reshape(-1, s.shape[-1]))[0] \
+            if ctx.needs_input_grad[2] else None
+        return grad_h2, grad_projected, grad_w2
 
 
 class SoftAttention(Attention):

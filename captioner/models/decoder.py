@@ -48,6 +48,49 @@ class DecoderOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # each (B, T)
 
 
+class _PrefixSum(torch.autograd.Function):
+    """x -> a token that every prefix of ``prefixes`` depends on, so x's backward runs once
+    all of theirs have; it hands on the gradient buffer they added into."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, buffer: list[torch.Tensor]) -> torch.Tensor:
+        ctx.buffer = buffer
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_token):
+        return (ctx.buffer.pop() if ctx.buffer else None), None
+
+
+class _Prefix(torch.autograd.Function):
+    """x[:n] (a view); its backward adds its gradient into the shared buffer, in place."""
+
+    @staticmethod
+    def forward(ctx, token: torch.Tensor, x: torch.Tensor, n: int,
+                buffer: list[torch.Tensor]) -> torch.Tensor:
+        ctx.n, ctx.shape, ctx.buffer = n, x.shape, buffer
+        return x[:n]
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.buffer:
+            ctx.buffer.append(grad.new_zeros(ctx.shape))
+        ctx.buffer[0][: ctx.n] += grad
+        return grad.new_zeros(()), None, None, None
+
+
+def prefixes(x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+    """``[x[:n] for n in counts]`` whose gradients add into one x-sized buffer. Plain slicing
+    allocates, zero-fills and copies an x-sized gradient for every slice (25 MB a word for the
+    projected features of 64 captions on a 14x14 grid; ~10% of a training step on 2 CPU
+    cores). Without gradients, plain slices."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return [x[:n] for n in counts]
+    buffer: list[torch.Tensor] = []
+    token = _PrefixSum.apply(x, buffer)
+    return [_Prefix.apply(token, x.detach(), n, buffer) for n in counts]
+
+
 class Decoder(nn.Module):
     """LSTM with attention, gating scalar beta (4.2.1) and the deep output layer (eq. 7)."""
 
@@ -113,9 +156,13 @@ class Decoder(nn.Module):
         b, t_max = len(captions), int(steps.max())
         mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]  # (B, T) sorted
         outputs: list[StepOutput] = []
-        for t, n in enumerate(mask.sum(0).tolist()):  # n: captions still going (a prefix)
+        counts = mask.sum(0).tolist()  # captions still going at each step (a prefix)
+        steps_features = prefixes(features, counts)
+        steps_projected = prefixes(projected, counts)
+        for t, n in enumerate(counts):
             state = DecoderState(state.h[:n], state.c[:n])
-            out = self.step(features[:n], projected[:n], state, captions[:n, t], generator)
+            out = self.step(steps_features[t], steps_projected[t], state, captions[:n, t],
+                            generator)
             outputs.append(out)
             state = out.state
         # Step outputs are packed time-major; scatter them into (B, T, ...) in one go, in the
