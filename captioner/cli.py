@@ -253,6 +253,15 @@ def _add_attend(sub) -> None:
                      f"({', '.join(FIGURE_FORMATS)})")
 
 
+def _add_average(sub) -> None:
+    avg = sub.add_parser("average", help="one model whose weights are the mean of several "
+                         "checkpoints of one configuration (e.g. a run's last epochs)")
+    avg.add_argument("checkpoints", nargs="+", metavar="CKPT", type=existing_file,
+                     help="two or more checkpoints with the same config and vocabulary")
+    avg.add_argument("-o", "--out", required=True, type=output_file((".safetensors",)),
+                     help="checkpoint to write (not one of the inputs)")
+
+
 def _add_demo(sub) -> None:
     from .models.attention import ATTENTIONS
 
@@ -271,11 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line: one subcommand per job, each added by its ``_add_*``."""
     parser = argparse.ArgumentParser(prog="captioner", allow_abbrev=False,
                                      description="Show, Attend and Tell image captioning: prepare "
-                                     "data, train, evaluate, caption, attend, serve.")
+                                     "data, train, evaluate, caption, attend, serve, average.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_prepare, _add_train, _add_evaluate, _add_caption, _add_serve, _add_attend,
-                _add_demo):
+                _add_average, _add_demo):
         add(sub)
     _no_abbreviations(parser)
     return parser

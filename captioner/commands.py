@@ -178,6 +178,14 @@ def attend(args) -> int:
     return 0
 
 
+def average(args) -> int:
+    from .average import write_average
+
+    write_average(args.checkpoints, args.out)
+    print(f"{args.out}: the mean of {len(args.checkpoints)} checkpoints' weights")
+    return 0
+
+
 def demo(args) -> int:
     from .demo import run_demo
 

@@ -1,0 +1,56 @@
+"""Checkpoint averaging: one model whose weights are the mean of several checkpoints of one
+architecture and vocabulary, such as the last epochs of a run (as Vaswani et al., 2017, averaged
+their last checkpoints). It decodes at the cost of one model, where an ensemble of the same
+checkpoints runs each of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:
+    """The checkpoint whose floating-point weights are the mean of ``paths``' (summed in float64,
+    stored in each tensor's own dtype); other tensors (counters) are the first's, as are the
+    config and vocabulary. Raises ValueError naming the file and what differs when the
+    checkpoints do not share one config and one vocabulary. No training state: it is a model to
+    evaluate, decode with, or start a new run from (``train --init``)."""
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs two checkpoints or more, got {len(paths)}")
+    first = load_checkpoint(paths[0], with_train=False)
+    sums = {k: v.double() if v.is_floating_point() else v for k, v in first.weights.items()}
+    for path in paths[1:]:
+        ckpt = load_checkpoint(path, with_train=False)
+        _same_model(first, ckpt, paths[0], path)
+        for key, value in ckpt.weights.items():
+            if value.is_floating_point():
+                sums[key] += value.double()
+    weights = {k: (v / len(paths)).to(first.weights[k].dtype) if v.is_floating_point() else v
+               for k, v in sums.items()}
+    return Checkpoint(first.config, first.vocab, weights)
+
+
+def _same_model(first: Checkpoint, other: Checkpoint, first_path, path) -> None:
+    for f in fields(first.config):
+        a, b = getattr(first.config, f.name), getattr(other.config, f.name)
+        if a != b:
+            raise ValueError(f"{path}: {f.name} is {b!r} where {first_path} has {a!r}; "
+                             "only checkpoints of one model configuration average")
+    if other.vocab != first.vocab:
+        raise ValueError(f"{path}: a different vocabulary than {first_path}")
+
+
+def write_average(paths: Sequence[str | Path], out: str | Path) -> Checkpoint:
+    """Average ``paths`` and write the result to ``out`` (atomically); ``out`` may not be one of
+    them."""
+    target = Path(out).resolve()
+    if any(Path(p).resolve() == target for p in paths):
+        raise ValueError(f"--out {out} is one of the checkpoints to average: write elsewhere")
+    ckpt = average_checkpoints(paths)
+    save_checkpoint(out, ckpt.config, ckpt.vocab, ckpt.weights)
+    return ckpt
