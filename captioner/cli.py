@@ -142,6 +142,9 @@ def _add_train(sub) -> None:
     g.add_argument("--save-every", type=int_range(0), default=t.save_every,
                    help="steps between last.safetensors saves, 0: epochs only (default: "
                    "%(default)s)")
+    g.add_argument("--keep-epochs", action="store_true",
+                   help="also keep each epoch's weights as epochN.safetensors (for `captioner "
+                   "average` or an ensemble of epochs)")
     g.add_argument("--seed", type=int_range(0), default=t.seed, help="(default: %(default)s)")
     g.add_argument("--num-workers", type=int_range(0, 64), default=t.num_workers,
                    help="data loading processes (default: %(default)s)")

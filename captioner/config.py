@@ -99,6 +99,7 @@ class TrainConfig:
     val_beam_size: int = 1
     val_max_images: int = 0  # 0: the whole validation split
     save_every: int = 200  # steps between "last" checkpoints
+    keep_epochs: bool = False  # also keep each epoch's weights (epochN.safetensors)
     seed: int = 0
     amp: bool = False
     num_workers: int = 0

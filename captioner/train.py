@@ -2,7 +2,7 @@
 
 Run folder: ``last.safetensors`` (model + full training state, every ``save_every`` steps, each
 epoch and on SIGINT/SIGTERM), ``best.safetensors`` (best validation score, ``--select-by``; model
-only), ``metrics.jsonl``. What a step optimises is the objective's (``objectives.py``).
+only), ``epochN.safetensors`` with ``--keep-epochs`` (each epoch's weights), ``metrics.jsonl``. What a step optimises is the objective's (``objectives.py``).
 """
 
 from __future__ import annotations
@@ -279,7 +279,10 @@ class Trainer:
                 break
             st["epoch"] += 1
             st["batch"] = 0
-            if self.end_of_epoch():
+            early_stop = self.end_of_epoch()
+            if cfg.keep_epochs:
+                self.save(f"epoch{st['epoch']}", with_train=False)
+            if early_stop:
                 stopped = "early_stop"
                 st["early_stopped"] = cfg.epochs  # done, unless resumed with more epochs
                 break

@@ -266,6 +266,28 @@ def test_select_by_keeps_the_epoch_with_the_best_score_of_that_metric(
     assert any(not torch.equal(best[f"decoder.{k}"], v) for k, v in seen[2].items())
 
 
+def test_keep_epochs_keeps_each_epochs_weights_beside_last_and_best(shapes_dir, tmp_path,
+                                                                   monkeypatch):
+    import captioner.train as tr
+
+    seen = []  # the decoder's weights at each epoch's validation
+
+    def scripted(self):
+        seen.append({k: v.clone() for k, v in self.model.decoder.state_dict().items()})
+        return {"BLEU-4": 0.1, "CIDEr-D": 0.1}
+
+    monkeypatch.setattr(tr.Trainer, "validate", scripted)
+    kept, plain = tmp_path / "kept", tmp_path / "plain"
+    train(tiny_config(), _config(shapes_dir, kept, batch_size=8, epochs=2, keep_epochs=True))
+    for epoch, weights in enumerate(seen, 1):
+        ckpt = load_checkpoint(kept / f"epoch{epoch}.safetensors")
+        assert ckpt.train is None  # weights only: `last` is the one that resumes
+        assert all(torch.equal(ckpt.weights[f"decoder.{k}"], v) for k, v in weights.items())
+    assert not torch.equal(seen[0]["lstm.weight_hh"], seen[1]["lstm.weight_hh"])
+    train(tiny_config(), _config(shapes_dir, plain, batch_size=8, epochs=2))
+    assert not list(plain.glob("epoch*"))
+
+
 def test_an_unknown_select_by_metric_is_refused(shapes_dir, tmp_path):
     with pytest.raises(TrainingError, match="--select-by must be one of BLEU-4, CIDEr-D"):
         train(tiny_config(), _config(shapes_dir, tmp_path / "run", select_by="bleu"))
