@@ -135,8 +135,8 @@ class _SigmoidScores(torch.autograd.Function):
 
     Autograd's backward of the same expression allocates three tensors of that size (the
     outer product of the scores' gradient with w2, the sigmoid's backward, the doubling); this
-    one allocates one, s (1 - s), and scales it in place (training steps measured in
-    benchmarks/README.md, "decoder_throughput.py").
+    one allocates one, s (1 - s), and scales it in place (training throughput before and
+    after: benchmarks/README.md, ``decoder_throughput.py``).
     """
 
     @staticmethod
