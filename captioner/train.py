@@ -2,7 +2,8 @@
 
 Run folder: ``last.safetensors`` (model + full training state, every ``save_every`` steps, each
 epoch and on SIGINT/SIGTERM), ``best.safetensors`` (best validation score, ``--select-by``; model
-only), ``epochN.safetensors`` with ``--keep-epochs`` (each epoch's weights), ``metrics.jsonl``. What a step optimises is the objective's (``objectives.py``).
+only), with ``--keep-epochs`` each epoch's weights as ``epochN.safetensors``, and
+``metrics.jsonl``. What a step optimises is the objective's (``objectives.py``).
 """
 
 from __future__ import annotations

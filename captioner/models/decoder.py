@@ -158,11 +158,11 @@ class Decoder(nn.Module):
         mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]  # (B, T) sorted
         outputs: list[StepOutput] = []
         counts = mask.sum(0).tolist()  # captions still going at each step (a prefix)
-        steps_features = prefixes(features, counts)
-        steps_projected = prefixes(projected, counts)
+        feature_slices = prefixes(features, counts)
+        projected_slices = prefixes(projected, counts)
         for t, n in enumerate(counts):
             state = DecoderState(state.h[:n], state.c[:n])
-            out = self.step(steps_features[t], steps_projected[t], state, captions[:n, t],
+            out = self.step(feature_slices[t], projected_slices[t], state, captions[:n, t],
                             generator)
             outputs.append(out)
             state = out.state
