@@ -61,10 +61,16 @@ def test_previous_handlers_are_restored_afterwards_also_after_an_exception():
 
 
 def test_after_the_block_ctrl_c_is_a_keyboard_interrupt_again():
-    with GracefulStop(announce=False):
-        pass
-    with pytest.raises(KeyboardInterrupt):
-        _send(signal.SIGINT)
+    # Python's own Ctrl-C handler, as in a terminal (a job started in the background with `&`
+    # inherits SIGINT ignored, and Python then keeps it ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with GracefulStop(announce=False):
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            _send(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_the_first_signal_is_announced_in_one_line_on_stderr(capfd):
