@@ -106,10 +106,8 @@ class Attention(nn.Module):
         k = n // b
         h2 = (2 * self.hidden_proj(hidden)).view(b, k, 1, a)
         w2 = 2 * self.score.weight[0]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or projected.device.type != "cpu":
             e = _SigmoidScores.apply(h2, projected, w2)  # (B, k, P)
-        elif projected.device.type != "cpu":
-            e = torch.add(h2, projected[:, None], alpha=2).sigmoid_() @ w2
         else:
             step = max(1, self.cpu_block_elements // (k * p * a))  # images per block
             buffer = projected.new_empty(min(step, b), k, p, a)
