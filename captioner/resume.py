@@ -36,12 +36,12 @@ def load_resumable(run_dir: str | Path) -> Checkpoint:
 
 
 def resumed_config(saved: TrainConfig, flags: TrainConfig) -> TrainConfig:
-    """The saved run's config with what a resume may change: the folders, the limits
-    (--epochs, --max-steps, --max-minutes) and the progress bar."""
-    return replace(saved, out=flags.out, data=flags.data,
-                   max_steps=flags.max_steps or saved.max_steps,
-                   epochs=max(flags.epochs, saved.epochs), max_minutes=flags.max_minutes,
-                   progress=flags.progress)
+    """The saved run's config with what a resume may change taken from ``flags``, as given:
+    the folders, the limits (--epochs, --max-steps, --max-minutes; a smaller --epochs ends the
+    run sooner, --max-steps 0 lifts a step limit) and the progress bar. Everything else is the
+    saved run's (``resume_flags`` refuses flags that disagree with it)."""
+    return replace(saved, out=flags.out, data=flags.data, max_steps=flags.max_steps,
+                   epochs=flags.epochs, max_minutes=flags.max_minutes, progress=flags.progress)
 
 
 def resume_flags(args, flags: TrainConfig, model_flags: ModelConfig) -> TrainConfig:

@@ -125,6 +125,8 @@ class Trainer:
         self.dataset = self.data.dataset("train", self.config)
         if cfg.batch_by == "caption":
             self.dataset = CaptionPairs(self.dataset)
+        self.per_epoch = len(epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, 0,
+                                           self.rank, self.world))
         context = StepContext(self.model, self.ddp, self.device, self.generator, self._autocast)
         self.objective = objective_class(cfg.objective)(context, cfg, self.dataset)
         self.log = RunLog(self.run_dir, cfg.logdir, self.rank, self.state["step"])
@@ -246,10 +248,10 @@ class Trainer:
             else:
                 st["bad_epochs"] += 1
         lr = self.optimizer.param_groups[0]["lr"]
-        self.log.log({"step": st["step"], "epoch": st["epoch"],
+        self.log.log({"step": st["step"], "epoch": self.epochs_done(),
                       **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr})
         if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():
-            print(f"epoch {st['epoch']}: step {st['step']}, val {self.cfg.select_by} "
+            print(f"epoch {self.epochs_done()}: step {st['step']}, val {self.cfg.select_by} "
                   f"{value:.4f}, lr {lr:.3g}", file=sys.stderr, flush=True)
         return st["bad_epochs"] >= self.cfg.early_stop
 
@@ -263,9 +265,7 @@ class Trainer:
                                self.run_dir, "finished", self.rank)
         self.model.train()
         self.started = time.perf_counter()
-        per_epoch = len(epoch_batches(len(self.dataset), cfg.batch_size, cfg.seed, 0, self.rank,
-                                      self.world))
-        total = cfg.epochs * per_epoch
+        total = cfg.epochs * self.per_epoch
         # a log file gets one line per epoch (end_of_epoch), not a bar's carriage returns
         self.bar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total,
                         initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
@@ -317,7 +317,8 @@ class Trainer:
             self.bar.set_postfix(epoch=st["epoch"], loss=f"{terms['total']:.3f}",
                                  caps_s=f"{speed:.0f}")
             if st["step"] % 10 == 0:
-                self.log.log({"step": st["step"], "epoch": st["epoch"], "captions_per_s": speed,
+                self.log.log({"step": st["step"], "epoch": self.epochs_done(),
+                              "captions_per_s": speed,
                               **{f"train/{k}": v for k, v in terms.items()}})
             if cfg.save_every and st["step"] % cfg.save_every == 0:
                 self.save("last", with_train=True)
@@ -325,6 +326,12 @@ class Trainer:
             if limit:
                 return limit
         return None
+
+    def epochs_done(self) -> int | float:
+        """Epochs trained so far, the current one's done fraction included (3 decimals): what
+        the log's ``epoch`` says, so a run stopped mid-epoch logs e.g. 5.23 after epoch 5."""
+        st = self.state
+        return round(st["epoch"] + st["batch"] / self.per_epoch, 3) if st["batch"] else st["epoch"]
 
     def _finished(self) -> bool:
         """Whether the run has nothing left to do: its epochs or steps are done, or early

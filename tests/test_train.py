@@ -320,3 +320,27 @@ def test_a_mid_epoch_step_limit_then_resume_goes_on_as_if_it_had_not_stopped(sha
     assert whole.train["loop"]["bad_epochs"] == 1 and whole.train["loop"]["epoch_best"] == 0.5
     assert parts.train["scheduler"] == whole.train["scheduler"]
     assert all(torch.equal(whole.weights[k], parts.weights[k]) for k in whole.weights)
+
+
+def test_resume_takes_epochs_and_max_steps_as_given_and_logs_a_mid_epoch_stop_as_such(
+        shapes_features_dir, tmp_path, capsys):
+    """A smaller --epochs ends the run sooner and --max-steps 0 lifts the step limit (the
+    saved values used to win: max(given, saved) epochs, `or` for steps); the val row of a
+    stop mid-epoch says how far into the epoch it was, so no two rows claim one epoch."""
+    import json
+
+    from captioner.cli import main
+
+    run = tmp_path / "run"
+    common = ["--out", str(run), *SMALL, "--batch-size", "4"]  # 40 images: 10 steps an epoch
+    assert main(["train", "--data", str(shapes_features_dir), *common, "--epochs", "6",
+                 "--max-steps", "15"]) == 0
+    assert main(["train", *common, "--resume", "--epochs", "2", "--max-steps", "0"]) == 0
+    assert "trained 20 steps (2 epochs, stopped by epochs)" in capsys.readouterr().out
+    saved = load_checkpoint(run / "last.safetensors").train["train_config"]
+    assert (saved["epochs"], saved["max_steps"]) == (2, 0)
+    assert main(["train", *common, "--resume", "--epochs", "1"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "val/BLEU-4" in r] == [1, 1.5, 2]
+    assert [r["epoch"] for r in records if "train/ce" in r] == [1, 2]  # steps 10 and 20
