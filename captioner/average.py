@@ -9,9 +9,12 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+import json
+
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .errors import UserError
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:
@@ -54,3 +57,34 @@ def write_average(paths: Sequence[str | Path], out: str | Path) -> Checkpoint:
     ckpt = average_checkpoints(paths)
     save_checkpoint(out, ckpt.config, ckpt.vocab, ckpt.weights)
     return ckpt
+
+
+def epochs_up_to_best(run_dir: str | Path, count: int) -> list[Path]:
+    """The checkpoints of a run's best epoch and the ``count - 1`` epochs before it (fewer when
+    the run has fewer), its ``epochN.safetensors`` kept by ``train --keep-epochs``: the set that
+    averaged best on Flickr8k val (README). "Best" is by the run's own ``--select-by`` score at
+    the epoch ends in its ``metrics.jsonl`` (a stop mid-epoch is no epoch). Raises UserError
+    naming the run and what is missing."""
+    run = Path(run_dir)
+    log, last = run / "metrics.jsonl", run / "last.safetensors"
+    if not log.is_file() or not last.is_file():
+        raise UserError(f"--run {run}: not a training run (no metrics.jsonl or last.safetensors)")
+    key = "val/" + load_checkpoint(last).train["train_config"]["select_by"]
+    scores: dict[int, float] = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        epoch = record.get("epoch")
+        if key in record and float(epoch).is_integer():
+            scores.setdefault(int(epoch), record[key])  # one row an epoch end
+    if not scores:
+        raise UserError(f"--run {run}: no epoch has ended with a validation yet")
+    best = max(scores, key=lambda e: (scores[e], -e))  # the earliest of equal scores
+    paths = [run / f"epoch{e}.safetensors" for e in range(max(1, best - count + 1), best + 1)]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"--run {run}: {', '.join(missing)} missing (train with --keep-epochs "
+                        "to keep each epoch's weights)")
+    if len(paths) < 2:
+        raise UserError(f"--run {run}: its best epoch ({key[4:]}) is the 1st, with none before "
+                        "it to average")
+    return paths

@@ -259,8 +259,13 @@ def _add_attend(sub) -> None:
 def _add_average(sub) -> None:
     avg = sub.add_parser("average", help="one model whose weights are the mean of several "
                          "checkpoints of one configuration (e.g. a run's last epochs)")
-    avg.add_argument("checkpoints", nargs="+", metavar="CKPT", type=existing_file,
+    avg.add_argument("checkpoints", nargs="*", metavar="CKPT", type=existing_file,
                      help="two or more checkpoints with the same config and vocabulary")
+    avg.add_argument("--run", type=existing_dir, default=None,
+                     help="instead of CKPTs: this run's best epoch and the epochs before it "
+                     "(see --up-to-best; the run was trained with --keep-epochs)")
+    avg.add_argument("--up-to-best", type=int_range(2, 1000), default=3, metavar="K",
+                     help="with --run: how many epochs, ending at the best (default: 3)")
     avg.add_argument("-o", "--out", required=True, type=output_file((".safetensors",)),
                      help="checkpoint to write (not one of the inputs)")
 

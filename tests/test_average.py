@@ -75,3 +75,43 @@ def test_one_checkpoint_or_writing_over_an_input_is_refused_before_any_work(tmp_
     assert main(["average", str(a), str(b), "-o", str(a)]) == 2
     assert f"--out {a} is one of the checkpoints to average" in capsys.readouterr().err
     assert a.read_bytes() == before
+
+
+def test_run_up_to_best_averages_the_best_epoch_and_those_before_it(shapes_features_dir,
+                                                                      tmp_path, monkeypatch,
+                                                                      capsys):
+    """Best by the run's own --select-by (CIDEr-D here, whose best is the 4th epoch where
+    BLEU-4's is the 5th): `--up-to-best 3` averages epochs 2-4, more than there are takes what
+    there is; a run without --keep-epochs, or both CKPTs and --run, are refused in one line."""
+    import captioner.train as tr
+    from captioner.config import TrainConfig
+    from captioner.train import train
+
+    cider = {1: 0.1, 2: 0.3, 3: 0.2, 4: 0.5, 5: 0.4}
+    monkeypatch.setattr(tr.Trainer, "validate", lambda self: {
+        "CIDEr-D": cider[self.state["epoch"]], "BLEU-4": 0.1 * self.state["epoch"]})
+
+    def run(name, keep):
+        cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / name), epochs=5,
+                          batch_size=8, select_by="CIDEr-D", keep_epochs=keep, progress=False)
+        train(tiny_config(grid_size=4), cfg, encoder_given=False)
+        return tmp_path / name
+
+    kept = run("kept", keep=True)
+    out = tmp_path / "avg.safetensors"
+    assert main(["average", "--run", str(kept), "--up-to-best", "3", "-o", str(out)]) == 0
+    assert "epoch2.safetensors, epoch3.safetensors, epoch4.safetensors" in capsys.readouterr().out
+    want = average_checkpoints([kept / f"epoch{e}.safetensors" for e in (2, 3, 4)])
+    got = load_checkpoint(out)
+    assert all(torch.equal(got.weights[k], v) for k, v in want.weights.items())
+    assert main(["average", "--run", str(kept), "--up-to-best", "9", "-o", str(out)]) == 0
+    assert "averaging epoch1.safetensors, epoch2" in capsys.readouterr().out
+
+    plain = run("plain", keep=False)
+    assert main(["average", "--run", str(plain), "-o", str(tmp_path / "p.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epoch2.safetensors, epoch3.safetensors, epoch4.safetensors missing" in err
+    assert "--keep-epochs" in err and "\n" not in err
+    assert main(["average", str(out), "--run", str(kept), "-o", str(tmp_path / "b.safetensors")]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "p.safetensors").exists()
