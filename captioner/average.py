@@ -1,15 +1,15 @@
 """Checkpoint averaging: one model whose weights are the mean of several checkpoints of one
 architecture and vocabulary, such as the last epochs of a run (as Vaswani et al., 2017, averaged
 their last checkpoints). It decodes at the cost of one model, where an ensemble of the same
-checkpoints runs each of them."""
+checkpoints runs each of them. ``epochs_up_to_best`` picks a run's set: its best epoch and the
+ones before it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-
-import json
 
 import torch
 

@@ -36,6 +36,12 @@ SCST_FLAGS=${SCST_FLAGS:-"--objective scst --lr 1e-4 --lr-decay 0.5 --lr-patienc
 SCST_FT_FLAGS=${SCST_FT_FLAGS:-"--encoder-lr 1e-5 --amp --num-workers 4"}
 SCST_CHOICES=${SCST_CHOICES:-1}  # also hard's SCST with its locations sampled and trained; 0: not
 SEEDS=${SEEDS-"1 2"}  # more likelihood models of each kind, for the ensembles ("": none)
+# each likelihood model also with its best epoch's weights averaged with those of the epochs
+# before it, AVERAGE epochs in all (`captioner average --run RUN --up-to-best AVERAGE`); later
+# stages and the ensembles start from whichever of the two scores the higher val CIDEr. 0: not
+AVERAGE=${AVERAGE:-3}
+KEEP=()
+[ "$AVERAGE" != 0 ] && KEEP=(--keep-epochs)
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 CAP=.venv/bin/captioner
@@ -75,26 +81,49 @@ evaluate() {
   RESULTS="$RESULTS $name"
 }
 best() { for run in "$@"; do echo "$OUT/$run/best.safetensors"; done; }
+# averaged RUN: RUN's epochs up to its best averaged into RUN_avg, evaluated (when AVERAGE > 0;
+# a run whose best is its 1st epoch has nothing to average: said, and skipped)
+averaged() {
+  [ "$AVERAGE" != 0 ] || return 0
+  local avg="$OUT/${1}_avg/best.safetensors"
+  mkdir -p "$OUT/${1}_avg"
+  [ -f "$avg" ] || $CAP average --run "$OUT/$1" --up-to-best "$AVERAGE" -o "$avg" || return 0
+  evaluate "${1}_avg"
+}
+# chosen RUN: RUN_avg if it was made and scores at least RUN's val CIDEr, else RUN
+chosen() {
+  .venv/bin/python - "$OUT" "$1" <<'PY'
+import json, os, sys
+out, run = sys.argv[1:]
+def cider(name):
+    path = f"{out}/{name}/val_metrics.json"
+    return json.load(open(path))["coco/CIDEr"] if os.path.exists(path) else -1.0
+print(run + "_avg" if cider(run + "_avg") >= cider(run) >= 0 else run)
+PY
+}
 RESULTS=""
 # the likelihood models: soft and hard, and more seeds of each for the ensembles
 for ATT in soft hard; do
   KIND_FLAGS=$TRAIN_FLAGS
   [ "$ATT" = hard ] && KIND_FLAGS="$KIND_FLAGS $HARD_FLAGS"
-  train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $KIND_FLAGS
+  train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $KIND_FLAGS ${KEEP[@]+"${KEEP[@]}"}
   evaluate "$ATT"
+  averaged "$ATT"
   for SEED in $SEEDS; do
-    train "${ATT}_seed$SEED" --attention "$ATT" --epochs "$EPOCHS" --seed "$SEED" $KIND_FLAGS
+    train "${ATT}_seed$SEED" --attention "$ATT" --epochs "$EPOCHS" --seed "$SEED" $KIND_FLAGS \
+        ${KEEP[@]+"${KEEP[@]}"}
     evaluate "${ATT}_seed$SEED"
+    averaged "${ATT}_seed$SEED"
   done
 done
 # each kind with its encoder's last blocks trained too, from the images at the same
 # preprocessing as the features (the likelihood objective, a lower learning rate), then
 # self-critical training on CIDEr-D (Rennie et al. 2017)
 for ATT in soft hard; do
-  FROM=$ATT
+  FROM=$(chosen "$ATT")
   FLAGS=$SCST_FLAGS
   if [ "$FINE_TUNE" != 0 ]; then
-    train "${ATT}_ft" --init "$OUT/$ATT/best.safetensors" --fine-tune "$FINE_TUNE" \
+    train "${ATT}_ft" --init "$OUT/$FROM/best.safetensors" --fine-tune "$FINE_TUNE" \
         --epochs "$FT_EPOCHS" $FT_FLAGS
     evaluate "${ATT}_ft"
     FROM=${ATT}_ft
@@ -111,14 +140,16 @@ for ATT in soft hard; do
 done
 # ensembles (`captioner evaluate --model A B ...`): the seeds of each kind, soft with hard,
 # and the two final models
-SOFT_SEEDS=(soft) HARD_SEEDS=(hard)
-for SEED in $SEEDS; do SOFT_SEEDS+=("soft_seed$SEED"); HARD_SEEDS+=("hard_seed$SEED"); done
+SOFT_SEEDS=("$(chosen soft)") HARD_SEEDS=("$(chosen hard)")
+for SEED in $SEEDS; do
+  SOFT_SEEDS+=("$(chosen "soft_seed$SEED")"); HARD_SEEDS+=("$(chosen "hard_seed$SEED")")
+done
 if [ -n "$SEEDS" ]; then
   evaluate ensemble_soft $(best "${SOFT_SEEDS[@]}")
   evaluate ensemble_hard $(best "${HARD_SEEDS[@]}")
   evaluate ensemble_likelihood $(best "${SOFT_SEEDS[@]}" "${HARD_SEEDS[@]}")
 fi
-evaluate ensemble_soft_hard $(best soft hard)
+evaluate ensemble_soft_hard $(best "${SOFT_SEEDS[0]}" "${HARD_SEEDS[0]}")
 evaluate ensemble_final $(best soft_scst hard_scst)
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS <<'PY'
 import json, os, sys
