@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the Flickr8k results: prepare features; train soft and hard attention (and more
-# seeds of each); for each kind, fine-tune the encoder's last blocks, then self-critical
+# seeds of each), each also averaged over its best epoch and those before it; for each kind, fine-tune the encoder's last blocks, then self-critical
 # training (for hard also with its locations in the policy); evaluate every model and the
 # ensembles on val and, when the data has one, on test; write a results table.
 #   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
@@ -86,8 +86,11 @@ best() { for run in "$@"; do echo "$OUT/$run/best.safetensors"; done; }
 averaged() {
   [ "$AVERAGE" != 0 ] || return 0
   local avg="$OUT/${1}_avg/best.safetensors"
-  mkdir -p "$OUT/${1}_avg"
-  [ -f "$avg" ] || $CAP average --run "$OUT/$1" --up-to-best "$AVERAGE" -o "$avg" || return 0
+  if [ ! -f "$avg" ]; then
+    mkdir -p "$OUT/${1}_avg"
+    $CAP average --run "$OUT/$1" --up-to-best "$AVERAGE" -o "$avg" \
+        || { rmdir "$OUT/${1}_avg"; return 0; }
+  fi
   evaluate "${1}_avg"
 }
 # chosen RUN: RUN_avg if it was made and scores at least RUN's val CIDEr, else RUN
