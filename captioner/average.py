@@ -61,10 +61,10 @@ def write_average(paths: Sequence[str | Path], out: str | Path) -> Checkpoint:
 
 def epochs_up_to_best(run_dir: str | Path, count: int) -> list[Path]:
     """The checkpoints of a run's best epoch and the ``count - 1`` epochs before it (fewer when
-    the run has fewer), its ``epochN.safetensors`` kept by ``train --keep-epochs``: the set that
-    averaged best on Flickr8k val (README). "Best" is by the run's own ``--select-by`` score at
-    the epoch ends in its ``metrics.jsonl`` (a stop mid-epoch is no epoch). Raises UserError
-    naming the run and what is missing."""
+    the run has fewer), its ``epochN.safetensors`` kept by ``train --keep-epochs``; on Flickr8k
+    val the best set tried for one seed, not for another (README). "Best" is by the run's own
+    ``--select-by`` score at the epoch ends in its ``metrics.jsonl`` (a stop mid-epoch is no
+    epoch). Raises UserError naming the run and what is missing."""
     run = Path(run_dir)
     log, last = run / "metrics.jsonl", run / "last.safetensors"
     if not log.is_file() or not last.is_file():
