@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the Flickr8k results: prepare features; train soft and hard attention (and more
-# seeds of each), each also averaged over its best epoch and those before it; for each kind, fine-tune the encoder's last blocks, then self-critical
-# training (for hard also with its locations in the policy); evaluate every model and the
-# ensembles on val and, when the data has one, on test; write a results table.
+# seeds of each), each also averaged over its best epoch and those before it; for each kind,
+# fine-tune the encoder's last blocks, then self-critical training (for hard also with its
+# locations in the policy); evaluate every model and the ensembles on val and, when the data has
+# one, on test; write a results table.
 #   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
 #          and images/; e.g. ../shared/data/flickr8k)
 # Uses the GPU when there is one (prepare and train). Wall time, measured per stage (README):

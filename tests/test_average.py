@@ -112,6 +112,7 @@ def test_run_up_to_best_averages_the_best_epoch_and_those_before_it(shapes_featu
     err = capsys.readouterr().err.strip()
     assert "epoch2.safetensors, epoch3.safetensors, epoch4.safetensors missing" in err
     assert "--keep-epochs" in err and "\n" not in err
-    assert main(["average", str(out), "--run", str(kept), "-o", str(tmp_path / "b.safetensors")]) == 2
+    both = ["average", str(out), "--run", str(kept), "-o", str(tmp_path / "b.safetensors")]
+    assert main(both) == 2
     assert "not both" in capsys.readouterr().err
     assert not (tmp_path / "p.safetensors").exists()
