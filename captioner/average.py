@@ -1,8 +1,8 @@
 """Checkpoint averaging: one model whose weights are the mean of several checkpoints of one
 architecture and vocabulary, such as the last epochs of a run (as Vaswani et al., 2017, averaged
 their last checkpoints). It decodes at the cost of one model, where an ensemble of the same
-checkpoints runs each of them. ``epochs_up_to_best`` picks a run's set: its best epoch and the
-ones before it."""
+checkpoints runs each of them. ``epochs_near_best`` picks a run's set: the epochs up to its
+best, or just past it."""
 
 from __future__ import annotations
 
@@ -59,12 +59,13 @@ def write_average(paths: Sequence[str | Path], out: str | Path) -> Checkpoint:
     return ckpt
 
 
-def epochs_up_to_best(run_dir: str | Path, count: int) -> list[Path]:
-    """The checkpoints of a run's best epoch and the ``count - 1`` epochs before it (fewer when
-    the run has fewer), its ``epochN.safetensors`` kept by ``train --keep-epochs``; on Flickr8k
-    val the best set tried for one seed, not for another (README). "Best" is by the run's own
+def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Path]:
+    """The checkpoints of ``count`` consecutive epochs of a run ending ``past`` epochs after its
+    best (0: the best and the epochs before it; fewer at either end of the run), its
+    ``epochN.safetensors`` kept by ``train --keep-epochs``. "Best" is by the run's own
     ``--select-by`` score at the epoch ends in its ``metrics.jsonl`` (a stop mid-epoch is no
-    epoch). Raises UserError naming the run and what is missing."""
+    epoch). On Flickr8k val, ending at the best was the better set for one seed and ending one
+    past it for another (README): try both. Raises UserError naming the run and the problem."""
     run = Path(run_dir)
     log, last = run / "metrics.jsonl", run / "last.safetensors"
     if not log.is_file() or not last.is_file():
@@ -79,12 +80,13 @@ def epochs_up_to_best(run_dir: str | Path, count: int) -> list[Path]:
     if not scores:
         raise UserError(f"--run {run}: no epoch has ended with a validation yet")
     best = max(scores, key=lambda e: (scores[e], -e))  # the earliest of equal scores
-    paths = [run / f"epoch{e}.safetensors" for e in range(max(1, best - count + 1), best + 1)]
+    end = min(best + past, max(scores))
+    paths = [run / f"epoch{e}.safetensors" for e in range(max(1, end - count + 1), end + 1)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise UserError(f"--run {run}: {', '.join(missing)} missing (train with --keep-epochs "
                         "to keep each epoch's weights)")
     if len(paths) < 2:
-        raise UserError(f"--run {run}: its best epoch ({key[4:]}) is the 1st, with none before "
-                        "it to average")
+        raise UserError(f"--run {run}: its best epoch ({key[4:]}) is the 1st and the set ends "
+                        "there: nothing to average it with")
     return paths

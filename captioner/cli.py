@@ -266,6 +266,8 @@ def _add_average(sub) -> None:
                      "(see --up-to-best; the run was trained with --keep-epochs)")
     avg.add_argument("--up-to-best", type=int_range(2, 1000), default=3, metavar="K",
                      help="with --run: how many epochs, ending at the best (default: 3)")
+    avg.add_argument("--past-best", type=int_range(0, 1000), default=0, metavar="N",
+                     help="with --run: end the epochs N after the best instead (default: 0)")
     avg.add_argument("-o", "--out", required=True, type=output_file((".safetensors",)),
                      help="checkpoint to write (not one of the inputs)")
 

@@ -179,14 +179,14 @@ def attend(args) -> int:
 
 
 def average(args) -> int:
-    from .average import epochs_up_to_best, write_average
+    from .average import epochs_near_best, write_average
 
     if bool(args.run) == bool(args.checkpoints):
         raise ValueError("give either checkpoints to average or --run (a run's epochs up to "
                          "its best), not both" if args.run else "nothing to average: give "
                          "checkpoints, or --run")
     if args.run:
-        args.checkpoints = epochs_up_to_best(args.run, args.up_to_best)
+        args.checkpoints = epochs_near_best(args.run, args.up_to_best, args.past_best)
         print(f"averaging {', '.join(p.name for p in args.checkpoints)} of {args.run}")
     write_average(args.checkpoints, args.out)
     print(f"{args.out}: the mean of {len(args.checkpoints)} checkpoints' weights")

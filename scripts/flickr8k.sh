@@ -37,9 +37,9 @@ SCST_FLAGS=${SCST_FLAGS:-"--objective scst --lr 1e-4 --lr-decay 0.5 --lr-patienc
 SCST_FT_FLAGS=${SCST_FT_FLAGS:-"--encoder-lr 1e-5 --amp --num-workers 4"}
 SCST_CHOICES=${SCST_CHOICES:-1}  # also hard's SCST with its locations sampled and trained; 0: not
 SEEDS=${SEEDS-"1 2"}  # more likelihood models of each kind, for the ensembles ("": none)
-# each likelihood model also with its best epoch's weights averaged with those of the epochs
-# before it, AVERAGE epochs in all (`captioner average --run RUN --up-to-best AVERAGE`); later
-# stages and the ensembles start from whichever of the two scores the higher val CIDEr. 0: not
+# each likelihood model also averaged over AVERAGE epochs up to its best and over AVERAGE epochs
+# ending one past it (`captioner average --run RUN --up-to-best AVERAGE [--past-best 1]`); later
+# stages and the ensembles start from whichever of the three scores the highest val CIDEr. 0: not
 AVERAGE=${AVERAGE:-3}
 KEEP=()
 [ "$AVERAGE" != 0 ] && KEEP=(--keep-epochs)
@@ -82,19 +82,24 @@ evaluate() {
   RESULTS="$RESULTS $name"
 }
 best() { for run in "$@"; do echo "$OUT/$run/best.safetensors"; done; }
-# averaged RUN: RUN's epochs up to its best averaged into RUN_avg, evaluated (when AVERAGE > 0;
-# a run whose best is its 1st epoch has nothing to average: said, and skipped)
+# averaged RUN: RUN's AVERAGE epochs up to its best averaged into RUN_avg, and those ending one
+# past its best into RUN_avg_next (on Flickr8k each set won for one seed), each evaluated (when
+# AVERAGE > 0; a set of fewer than two epochs is said and skipped)
 averaged() {
   [ "$AVERAGE" != 0 ] || return 0
-  local avg="$OUT/${1}_avg/best.safetensors"
-  if [ ! -f "$avg" ]; then
-    mkdir -p "$OUT/${1}_avg"
-    $CAP average --run "$OUT/$1" --up-to-best "$AVERAGE" -o "$avg" \
-        || { rmdir "$OUT/${1}_avg"; return 0; }
-  fi
-  evaluate "${1}_avg"
+  local past name
+  for past in 0 1; do
+    name=${1}_avg
+    [ "$past" = 1 ] && name=${1}_avg_next
+    if [ ! -f "$OUT/$name/best.safetensors" ]; then
+      mkdir -p "$OUT/$name"
+      $CAP average --run "$OUT/$1" --up-to-best "$AVERAGE" --past-best "$past" \
+          -o "$OUT/$name/best.safetensors" || { rmdir "$OUT/$name"; continue; }
+    fi
+    evaluate "$name"
+  done
 }
-# chosen RUN: RUN_avg if it was made and scores at least RUN's val CIDEr, else RUN
+# chosen RUN: whichever of RUN, RUN_avg and RUN_avg_next has the highest val CIDEr (RUN on ties)
 chosen() {
   .venv/bin/python - "$OUT" "$1" <<'PY'
 import json, os, sys
@@ -102,7 +107,7 @@ out, run = sys.argv[1:]
 def cider(name):
     path = f"{out}/{name}/val_metrics.json"
     return json.load(open(path))["coco/CIDEr"] if os.path.exists(path) else -1.0
-print(run + "_avg" if cider(run + "_avg") >= cider(run) >= 0 else run)
+print(max([run, run + "_avg", run + "_avg_next"], key=cider))
 PY
 }
 RESULTS=""

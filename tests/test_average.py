@@ -77,12 +77,11 @@ def test_one_checkpoint_or_writing_over_an_input_is_refused_before_any_work(tmp_
     assert a.read_bytes() == before
 
 
-def test_run_up_to_best_averages_the_best_epoch_and_those_before_it(shapes_features_dir,
-                                                                      tmp_path, monkeypatch,
-                                                                      capsys):
+def test_run_averages_the_epochs_up_to_or_just_past_its_best(shapes_features_dir, tmp_path,
+                                                               monkeypatch, capsys):
     """Best by the run's own --select-by (CIDEr-D here, whose best is the 4th epoch where
-    BLEU-4's is the 5th): `--up-to-best 3` averages epochs 2-4, more than there are takes what
-    there is; a run without --keep-epochs, or both CKPTs and --run, are refused in one line."""
+    BLEU-4's is the 5th): `--up-to-best 3` averages epochs 2-4, `--past-best 1` 3-5, more than
+    there are takes what there is; a run without --keep-epochs, or both CKPTs and --run, are refused in one line."""
     import captioner.train as tr
     from captioner.config import TrainConfig
     from captioner.train import train
@@ -106,6 +105,12 @@ def test_run_up_to_best_averages_the_best_epoch_and_those_before_it(shapes_featu
     assert all(torch.equal(got.weights[k], v) for k, v in want.weights.items())
     assert main(["average", "--run", str(kept), "--up-to-best", "9", "-o", str(out)]) == 0
     assert "averaging epoch1.safetensors, epoch2" in capsys.readouterr().out
+    # one past the best: centred on it; past the run's end: it ends at the last epoch
+    assert main(["average", "--run", str(kept), "--past-best", "1", "-o", str(out)]) == 0
+    assert "epoch3.safetensors, epoch4.safetensors, epoch5.safetensors" in capsys.readouterr().out
+    assert main(["average", "--run", str(kept), "--past-best", "3", "--up-to-best", "2",
+                 "-o", str(out)]) == 0
+    assert "averaging epoch4.safetensors, epoch5.safetensors of" in capsys.readouterr().out
 
     plain = run("plain", keep=False)
     assert main(["average", "--run", str(plain), "-o", str(tmp_path / "p.safetensors")]) == 2
