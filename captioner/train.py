@@ -247,11 +247,11 @@ class Trainer:
                 st["epoch_best"], st["bad_epochs"] = value, 0
             else:
                 st["bad_epochs"] += 1
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.log.log({"step": st["step"], "epoch": self.epochs_done(),
+        lr, epochs = self.optimizer.param_groups[0]["lr"], self.epochs_done()
+        self.log.log({"step": st["step"], "epoch": epochs,
                       **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr})
         if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():
-            print(f"epoch {self.epochs_done()}: step {st['step']}, val {self.cfg.select_by} "
+            print(f"epoch {epochs}: step {st['step']}, val {self.cfg.select_by} "
                   f"{value:.4f}, lr {lr:.3g}", file=sys.stderr, flush=True)
         return st["bad_epochs"] >= self.cfg.early_stop
 
