@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, read_train_header, save_checkpoint
 from .errors import UserError
 
 
@@ -61,8 +61,9 @@ def write_average(paths: Sequence[str | Path], out: str | Path) -> Checkpoint:
 
 def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Path]:
     """The checkpoints of ``count`` consecutive epochs of a run ending ``past`` epochs after its
-    best (0: the best and the epochs before it; fewer at either end of the run), its
-    ``epochN.safetensors`` kept by ``train --keep-epochs``. "Best" is by the run's own
+    best (0: the best and the epochs before it; fewer at either end of the run, but ``past``
+    > 0 needs an epoch after the best), its ``epochN.safetensors`` kept by ``train
+    --keep-epochs``. "Best" is by the run's own
     ``--select-by`` score at the epoch ends in its ``metrics.jsonl`` (a stop mid-epoch is no
     epoch). On Flickr8k val, ending at the best was the better set for one seed and ending one
     past it for another (README): try both. Raises UserError naming the run and the problem."""
@@ -70,7 +71,10 @@ def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Pat
     log, last = run / "metrics.jsonl", run / "last.safetensors"
     if not log.is_file() or not last.is_file():
         raise UserError(f"--run {run}: not a training run (no metrics.jsonl or last.safetensors)")
-    key = "val/" + load_checkpoint(last).train["train_config"]["select_by"]
+    select_by = ((read_train_header(last) or {}).get("train_config") or {}).get("select_by")
+    if not select_by:
+        raise UserError(f"--run {run}: {last.name} carries no training config")
+    key = "val/" + select_by
     scores: dict[int, float] = {}
     for line in log.read_text().splitlines():
         record = json.loads(line) if line.strip() else {}
@@ -80,6 +84,9 @@ def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Pat
     if not scores:
         raise UserError(f"--run {run}: no epoch has ended with a validation yet")
     best = max(scores, key=lambda e: (scores[e], -e))  # the earliest of equal scores
+    if past and best == max(scores):
+        raise UserError(f"--run {run}: its best epoch ({key[4:]}) is its last (epoch {best}): "
+                        f"no epoch after it to end --past-best {past} at")
     end = min(best + past, max(scores))
     paths = [run / f"epoch{e}.safetensors" for e in range(max(1, end - count + 1), end + 1)]
     missing = [p.name for p in paths if not p.is_file()]
@@ -90,3 +97,4 @@ def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Pat
         raise UserError(f"--run {run}: its best epoch ({key[4:]}) is the 1st and the set ends "
                         "there: nothing to average it with")
     return paths
+

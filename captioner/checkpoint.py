@@ -93,6 +93,32 @@ def load_checkpoint(path: str | Path, with_train: bool = True) -> Checkpoint:
     return Checkpoint(config, vocab, weights, train_state)
 
 
+def read_train_header(path: str | Path) -> dict[str, Any] | None:
+    """A checkpoint's training state as plain JSON values, read from its header alone (the
+    optimizer's tensors are never read; their places hold None): cheap on a large
+    ``last.safetensors``. None when the file is missing, not a checkpoint, or carries none."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            train = _plain(json.loads((f.metadata() or {}).get("train") or "null"))
+    except Exception:  # not there, or not a safetensors file: nothing to say
+        return None
+    return train if isinstance(train, dict) else None
+
+
+def _plain(obj: Any) -> Any:
+    """``flatten``'s JSON as plain values, tensor references as None."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return None
+        if "__tuple__" in obj:
+            return [_plain(v) for v in obj["__tuple__"]]
+        if "__dict__" in obj:
+            return {str(k): _plain(v) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights: (model, vocab, checkpoint)."""
     from .models.model import build_model

@@ -84,7 +84,8 @@ evaluate() {
 best() { for run in "$@"; do echo "$OUT/$run/best.safetensors"; done; }
 # averaged RUN: RUN's AVERAGE epochs up to its best averaged into RUN_avg, and those ending one
 # past its best into RUN_avg_next (on Flickr8k each set won for one seed), each evaluated (when
-# AVERAGE > 0; a set of fewer than two epochs is said and skipped)
+# AVERAGE > 0; a set of fewer than two epochs, or one past a best that is the last epoch, is
+# said and skipped)
 averaged() {
   [ "$AVERAGE" != 0 ] || return 0
   local past name

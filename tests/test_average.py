@@ -81,7 +81,9 @@ def test_run_averages_the_epochs_up_to_or_just_past_its_best(shapes_features_dir
                                                                monkeypatch, capsys):
     """Best by the run's own --select-by (CIDEr-D here, whose best is the 4th epoch where
     BLEU-4's is the 5th): `--up-to-best 3` averages epochs 2-4, `--past-best 1` 3-5, more than
-    there are takes what there is; a run without --keep-epochs, or both CKPTs and --run, are refused in one line."""
+    there are takes what there is; a run without --keep-epochs, --past-best on a run whose best
+    is its last epoch (the set would be --past-best 0's), or both CKPTs and --run, are refused in
+    one line."""
     import captioner.train as tr
     from captioner.config import TrainConfig
     from captioner.train import train
@@ -117,6 +119,14 @@ def test_run_averages_the_epochs_up_to_or_just_past_its_best(shapes_features_dir
     err = capsys.readouterr().err.strip()
     assert "epoch2.safetensors, epoch3.safetensors, epoch4.safetensors missing" in err
     assert "--keep-epochs" in err and "\n" not in err
+    cider.update({4: 0.3, 5: 0.6})  # best at the end: nothing past it
+    rising = run("rising", keep=True)
+    assert main(["average", "--run", str(rising), "--past-best", "1",
+                 "-o", str(tmp_path / "r.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "best epoch (CIDEr-D) is its last (epoch 5)" in err and "--past-best 1" in err
+    assert "\n" not in err and not (tmp_path / "r.safetensors").exists()
+    assert main(["average", "--run", str(rising), "-o", str(tmp_path / "r.safetensors")]) == 0
     both = ["average", str(out), "--run", str(kept), "-o", str(tmp_path / "b.safetensors")]
     assert main(both) == 2
     assert "not both" in capsys.readouterr().err

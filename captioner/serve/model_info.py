@@ -8,8 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
+from ..checkpoint import read_train_header
 from ..config import ModelConfig
 from ..inference import Captioner
 from ..models.ensemble import members
@@ -47,7 +46,7 @@ def trained_on(path: str | Path) -> dict[str, Any] | None:
     ``last.safetensors`` does); None when unknown."""
     path = Path(path)
     for candidate in (path, path.with_name("last.safetensors")):
-        train = _train_header(candidate)
+        train = read_train_header(candidate)
         if train and isinstance(train.get("train_config"), dict):
             data = train["train_config"].get("data") or ""
             info: dict[str, Any] = {"data": Path(data).name or None}
@@ -59,24 +58,3 @@ def trained_on(path: str | Path) -> dict[str, Any] | None:
             return info
     return None
 
-
-def _train_header(path: Path) -> dict | None:
-    try:  # the header only: the optimizer's tensors are never read
-        with safe_open(str(path), framework="pt") as f:
-            return _plain(json.loads((f.metadata() or {}).get("train") or "null"))
-    except Exception:  # not there, or not a checkpoint: nothing to say
-        return None
-
-
-def _plain(obj: Any) -> Any:
-    """``checkpoint.flatten``'s JSON as plain values, tensor references as None."""
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return None
-        if "__tuple__" in obj:
-            return [_plain(v) for v in obj["__tuple__"]]
-        if "__dict__" in obj:
-            return {str(k): _plain(v) for k, v in obj["__dict__"]}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
