@@ -72,13 +72,13 @@ def train(args) -> int:
     last = result.run_dir / "last.safetensors"
     if result.stopped == "finished":
         print(f"nothing to do: the run in {result.run_dir} has finished ({result.step} steps, "
-              f"{result.epoch} epochs); pass a larger --epochs or --max-steps to extend it")
+              f"{result.epochs_text}); pass a larger --epochs or --max-steps to extend it")
     elif result.stopped.startswith("SIG"):
         print(f"stopped by {result.stopped} at step {result.step}; saved {last}; continue with "
               f"`captioner train --out {result.run_dir} --resume`", file=sys.stderr)
         return 130 if result.stopped == "SIGINT" else 143
     else:
-        print(f"trained {result.step} steps ({result.epoch} epochs, stopped by {result.stopped}); "
+        print(f"trained {result.step} steps ({result.epochs_text}, stopped by {result.stopped}); "
               f"best val {result.select_by} {result.best_score:.4f}; "
               f"checkpoints in {result.run_dir}")
     return 0

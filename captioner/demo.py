@@ -55,7 +55,7 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
         resume = (run_dir / "last.safetensors").exists()
         result = train(replace(DEMO_MODEL, attention=attention), cfg, resume=resume,
                        encoder_given=True)
-        print(f"      {result.step} steps, {result.epoch} epochs, best val "
+        print(f"      {result.step} steps, {result.epochs_text}, best val "
               f"{result.select_by} {result.best_score:.3f}")
     print("[3/4] evaluating on the test split (beam 3)")
     cap = Captioner.load(best)

@@ -41,13 +41,18 @@ from .runlog import RunLog
 @dataclass
 class TrainResult:
     step: int
-    epoch: int
+    epoch: int | float  # epochs trained, a stop mid-epoch as a fraction (``epochs_done``)
     best_score: float  # the best validation score (``select_by``)
     select_by: str
     run_dir: Path
     stopped: str  # "epochs", "max_steps", "max_minutes", "early_stop", "finished" (a finished
     # run resumed: nothing done), or the signal that stopped it ("SIGINT", "SIGTERM")
     rank: int = 0  # this process's rank under torchrun
+
+    @property
+    def epochs_text(self) -> str:
+        """"1 epoch", "4 epochs", "1.738 epochs"."""
+        return f"{self.epoch:g} epoch{'' if self.epoch == 1 else 's'}"
 
 
 def resolve_model_config(data: PreparedData, config: ModelConfig, encoder_given: bool
@@ -261,7 +266,7 @@ class Trainer:
         ``last.safetensors`` then holds where it stopped."""
         cfg, st = self.cfg, self.state
         if self._finished():
-            return TrainResult(st["step"], st["epoch"], st["best_score"], cfg.select_by,
+            return TrainResult(st["step"], self.epochs_done(), st["best_score"], cfg.select_by,
                                self.run_dir, "finished", self.rank)
         self.model.train()
         self.started = time.perf_counter()
@@ -292,7 +297,7 @@ class Trainer:
             self.save("last", with_train=True)
         self.bar.close()
         self.log.close()
-        return TrainResult(st["step"], st["epoch"], st["best_score"], cfg.select_by,
+        return TrainResult(st["step"], self.epochs_done(), st["best_score"], cfg.select_by,
                            self.run_dir, stopped, self.rank)
 
     def _train_epoch(self) -> str | None:

@@ -19,7 +19,7 @@ from captioner.data.dataset import PreparedData, collate
 from captioner.errors import UserError
 from captioner.losses import caption_losses
 from captioner.models import build_model
-from captioner.train import TrainingError, epoch_batches, train
+from captioner.train import TrainingError, TrainResult, epoch_batches, train
 
 from conftest import tiny_config
 
@@ -335,8 +335,10 @@ def test_resume_takes_epochs_and_max_steps_as_given_and_logs_a_mid_epoch_stop_as
     common = ["--out", str(run), *SMALL, "--batch-size", "4"]  # 40 images: 10 steps an epoch
     assert main(["train", "--data", str(shapes_features_dir), *common, "--epochs", "6",
                  "--max-steps", "15"]) == 0
+    assert "trained 15 steps (1.5 epochs, stopped by max_steps)" in capsys.readouterr().out
     assert main(["train", *common, "--resume", "--epochs", "2", "--max-steps", "0"]) == 0
     assert "trained 20 steps (2 epochs, stopped by epochs)" in capsys.readouterr().out
+    assert TrainResult(10, 1, 0.5, "BLEU-4", run, "epochs").epochs_text == "1 epoch"
     saved = load_checkpoint(run / "last.safetensors").train["train_config"]
     assert (saved["epochs"], saved["max_steps"]) == (2, 0)
     assert main(["train", *common, "--resume", "--epochs", "1"]) == 0
