@@ -61,11 +61,10 @@ def write_average(paths: Sequence[str | Path], out: str | Path) -> Checkpoint:
 
 def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Path]:
     """The checkpoints of ``count`` consecutive epochs of a run ending ``past`` epochs after its
-    best (0: the best and the epochs before it; fewer at either end of the run, but ``past``
-    > 0 needs an epoch after the best), its ``epochN.safetensors`` kept by ``train
-    --keep-epochs``. "Best" is by the run's own
-    ``--select-by`` score at the epoch ends in its ``metrics.jsonl`` (a stop mid-epoch is no
-    epoch). On Flickr8k val, ending at the best was the better set for one seed and ending one
+    best (0: the best and the epochs before it; fewer at either end of the run, but ``past`` > 0
+    needs an epoch after the best), its ``epochN.safetensors`` kept by ``train --keep-epochs``.
+    "Best" is by the run's own ``--select-by`` score at the epoch ends in its ``metrics.jsonl``
+    (a stop mid-epoch is no epoch). On Flickr8k val, ending at the best was the better set for one seed and ending one
     past it for another (README): try both. Raises UserError naming the run and the problem."""
     run = Path(run_dir)
     log, last = run / "metrics.jsonl", run / "last.safetensors"
@@ -97,4 +96,3 @@ def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Pat
         raise UserError(f"--run {run}: its best epoch ({key[4:]}) is the 1st and the set ends "
                         "there: nothing to average it with")
     return paths
-

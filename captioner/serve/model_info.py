@@ -57,4 +57,3 @@ def trained_on(path: str | Path) -> dict[str, Any] | None:
                 pass
             return info
     return None
-
