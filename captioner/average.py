@@ -64,8 +64,9 @@ def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Pat
     best (0: the best and the epochs before it; fewer at either end of the run, but ``past`` > 0
     needs an epoch after the best), its ``epochN.safetensors`` kept by ``train --keep-epochs``.
     "Best" is by the run's own ``--select-by`` score at the epoch ends in its ``metrics.jsonl``
-    (a stop mid-epoch is no epoch). On Flickr8k val, ending at the best was the better set for one seed and ending one
-    past it for another (README): try both. Raises UserError naming the run and the problem."""
+    (a stop mid-epoch is no epoch). On Flickr8k val, ending at the best was the better set for
+    one seed and ending one past it for another (README): try both. Raises UserError naming the
+    run and the problem."""
     run = Path(run_dir)
     log, last = run / "metrics.jsonl", run / "last.safetensors"
     if not log.is_file() or not last.is_file():
@@ -83,10 +84,11 @@ def epochs_near_best(run_dir: str | Path, count: int, past: int = 0) -> list[Pat
     if not scores:
         raise UserError(f"--run {run}: no epoch has ended with a validation yet")
     best = max(scores, key=lambda e: (scores[e], -e))  # the earliest of equal scores
-    if past and best == max(scores):
+    last_epoch = max(scores)
+    if past and best == last_epoch:
         raise UserError(f"--run {run}: its best epoch ({key[4:]}) is its last (epoch {best}): "
                         f"no epoch after it to end --past-best {past} at")
-    end = min(best + past, max(scores))
+    end = min(best + past, last_epoch)
     paths = [run / f"epoch{e}.safetensors" for e in range(max(1, end - count + 1), end + 1)]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:

@@ -182,7 +182,7 @@ def average(args) -> int:
     from .average import epochs_near_best, write_average
 
     if bool(args.run) == bool(args.checkpoints):
-        raise ValueError("give either checkpoints to average or --run (a run's epochs up to "
+        raise ValueError("give either checkpoints to average or --run (a run's epochs near "
                          "its best), not both" if args.run else "nothing to average: give "
                          "checkpoints, or --run")
     if args.run:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the Flickr8k results: prepare features; train soft and hard attention (and more
-# seeds of each), each also averaged over its best epoch and those before it; for each kind,
+# seeds of each), each also averaged over epochs up to its best and one past it; for each kind,
 # fine-tune the encoder's last blocks, then self-critical training (for hard also with its
 # locations in the policy); evaluate every model and the ensembles on val and, when the data has
 # one, on test; write a results table.
