@@ -3,6 +3,7 @@ share of an epoch."""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 
@@ -22,6 +23,20 @@ def setup() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def leave_group(wait: bool) -> None:
+    """Destroy the process group (if this process joined one). With ``wait`` (a run that ended
+    normally, every rank here) after all ranks arrive, so none closes its connections while
+    another still receives. Garbage is collected first: reference cycles (torch keeps some
+    import-time frames) can hold a DDP wrapper, whose reducer holds the group's gloo threads,
+    and freed at the interpreter's exit instead those threads can abort a finished run."""
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def broadcast(value, world: int):

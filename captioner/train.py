@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -27,7 +26,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import BATCH_BY, SELECT_METRICS, ModelConfig, TrainConfig
 from .data.dataset import CaptionPairs, PreparedData, collate
 from .decoding import DecodeOptions
-from .distributed import broadcast, epoch_batches, setup
+from .distributed import broadcast, epoch_batches, leave_group, setup
 from .errors import TrainingError
 from .interrupt import GracefulStop
 from .evaluate import decode_split, score
@@ -373,8 +372,11 @@ def train(model_config: ModelConfig, train_config: TrainConfig, resume: bool = F
             refuse_existing_run(train_config.out)
         trainer = Trainer(model_config, train_config, resume, encoder_given)
         trainer.stop = stop
+        result = None
         try:
-            return trainer.run()
+            result = trainer.run()
         finally:
-            if trainer.world > 1 and dist.is_initialized():
-                dist.destroy_process_group()
+            if trainer.world > 1:
+                trainer.ddp = trainer.objective = None  # the DDP wrapper holds the group
+                leave_group(wait=result is not None)
+        return result
