@@ -311,16 +311,19 @@ class Trainer:
                             # global RNG, or a resumed run's dropout would shift
                             generator=torch.Generator().manual_seed(cfg.seed))
         t0, n_caps = time.perf_counter(), 0
+        logged = (t0, 0)  # when the log's last record was written, and the captions by then
         for batch in loader:
             terms = self.train_step(batch)
             st["step"] += 1
             st["batch"] += 1
             n_caps += len(batch.captions)
-            speed = n_caps * self.world / (time.perf_counter() - t0)
+            now = time.perf_counter()
             self.bar.update(1)
             self.bar.set_postfix(epoch=st["epoch"], loss=f"{terms['total']:.3f}",
-                                 caps_s=f"{speed:.0f}")
-            if st["step"] % 10 == 0:
+                                 caps_s=f"{n_caps * self.world / (now - t0):.0f}")
+            if st["step"] % 10 == 0:  # the speed since the last record, not the epoch's mean
+                speed = (n_caps - logged[1]) * self.world / (now - logged[0])
+                logged = (now, n_caps)
                 self.log.log({"step": st["step"], "epoch": self.epochs_done(),
                               "captions_per_s": speed,
                               **{f"train/{k}": v for k, v in terms.items()}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -117,6 +119,26 @@ def test_two_process_gloo_ddp_trains(shapes_dir, tmp_path):
     assert ckpt.train["loop"]["step"] == 6
     assert (out / "best.safetensors").exists()
     assert "trained 6 steps" in res.stdout and res.stdout.count("trained") == 1  # rank 0 reports
+
+
+def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir, tmp_path,
+                                                                       monkeypatch):
+    import captioner.train as training
+
+    clock = {"t": 0.0}
+    step = training.Trainer.train_step
+
+    def timed_step(self, batch):  # steps 1-10 take 1 s each, steps 11-20 0.1 s
+        clock["t"] += 1.0 if self.state["step"] < 10 else 0.1
+        return step(self, batch)
+
+    monkeypatch.setattr(training.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    run = tmp_path / "run"
+    train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=20))  # 30 a epoch
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first, second = [r["captions_per_s"] for r in records if "captions_per_s" in r]
+    assert second == pytest.approx(10 * first)  # an epoch's running mean would say 1.8x
 
 
 def test_leaving_the_group_first_frees_a_ddp_wrapper_only_garbage_holds():
