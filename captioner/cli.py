@@ -9,7 +9,8 @@ from dataclasses import fields
 from . import __version__
 from .argtypes import (existing_dir, existing_file, float_range, int_range, output_dir,
                        output_file)
-from .config import BATCH_BY, DEEP_OUTPUTS, SELECT_METRICS, ModelConfig, TrainConfig
+from .config import (BATCH_BY, DEEP_OUTPUTS, SELECT_METRICS, ModelConfig, ServeOptions,
+                     TrainConfig)
 from .decoding import MAX_BEAM, MAX_CAPTION_WORDS
 
 
@@ -232,16 +233,17 @@ def _add_caption(sub) -> None:
 
 def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
+    o = ServeOptions()
     _add_model_arg(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: "
                      "%(default)s, this machine only)")
     srv.add_argument("--port", type=int_range(0, 65535), default=8000,
                      help="port to listen on, 0: any free one (default: %(default)s)")
     srv.add_argument("--max-upload-mb", type=float_range(0, 1024, min_exclusive=True),
-                     default=20.0, help="largest image upload (default: %(default)s)")
-    srv.add_argument("--max-batch", type=int_range(1, 256), default=16,
+                     default=o.max_upload_mb, help="largest image upload (default: %(default)s)")
+    srv.add_argument("--max-batch", type=int_range(1, 256), default=o.max_batch,
                      help="most images captioned in one batch (default: %(default)s)")
-    srv.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=5.0,
+    srv.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=o.max_wait_ms,
                      help="how long a batch waits for more requests (default: %(default)s)")
 
 

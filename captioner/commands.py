@@ -145,13 +145,15 @@ def caption(args) -> int:
 def serve(args) -> int:
     import uvicorn
 
+    from .config import ServeOptions
     from .inference import Captioner, default_model_path
     from .serve import create_app, describe_model
 
     cap = Captioner.load(args.model)
     info = describe_model(cap, args.model or [default_model_path()])
-    app = create_app(cap, info, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                     max_upload_mb=args.max_upload_mb)
+    app = create_app(cap, info, ServeOptions(max_batch=args.max_batch,
+                                             max_wait_ms=args.max_wait_ms,
+                                             max_upload_mb=args.max_upload_mb))
     host = f"[{args.host}]" if ":" in args.host else args.host
     kind = f"{info['encoder']} / {info['attention']} model"
     if "members" in info:

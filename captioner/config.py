@@ -114,6 +114,20 @@ class TrainConfig:
         return _from_dict(cls, data)
 
 
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The HTTP service's limits (``captioner serve``'s flags): concurrent requests are batched
+    up to ``max_batch`` images, a batch waiting at most ``max_wait_ms`` for more; an upload over
+    ``max_upload_mb`` or a request of more than ``max_images`` images is refused; uploads are
+    decoded on ``decode_workers`` threads (0: min(4, cores))."""
+
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    max_upload_mb: float = 20.0
+    max_images: int = 16
+    decode_workers: int = 0
+
 def _from_dict(cls, data: dict[str, Any]):
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known

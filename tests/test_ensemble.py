@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from captioner.checkpoint import save_checkpoint
 from captioner.cli import main
-from captioner.config import Preprocess
+from captioner.config import Preprocess, ServeOptions
 from captioner.data.dataset import PreparedData
 from captioner.decoding import DecodeOptions, decode
 from captioner.evaluate import decode_split
@@ -211,7 +211,7 @@ def test_the_service_serves_an_ensemble_and_lists_its_members(checkpoints, shape
     assert [m["checkpoint"] for m in info["members"]] == [p.name for p in checkpoints]
     assert info["checkpoint"] == checkpoints[0].name
     image = sorted((shapes_dir / "images").glob("test_*.png"))[0]
-    with TestClient(create_app(cap, info, max_wait_ms=1)) as client:
+    with TestClient(create_app(cap, info, ServeOptions(max_wait_ms=1))) as client:
         r = client.post("/v1/captions?beam_size=3",
                         files=[("images", (image.name, image.read_bytes(), "image/png"))])
         assert r.status_code == 200, r.text

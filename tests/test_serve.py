@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner.checkpoint import save_checkpoint
+from captioner.config import ServeOptions
 from captioner.decoding import DecodeOptions
 from captioner.inference import Captioner
 from captioner.models import build_model
@@ -50,8 +51,8 @@ def cap(checkpoint) -> Captioner:
 
 @pytest.fixture(scope="module")
 def client(cap, checkpoint):
-    app = create_app(cap, describe_model(cap, checkpoint), max_upload_mb=0.5, max_images=4,
-                     max_wait_ms=20)
+    app = create_app(cap, describe_model(cap, checkpoint),
+                     ServeOptions(max_upload_mb=0.5, max_images=4, max_wait_ms=20))
     with TestClient(app) as c:
         yield c
 

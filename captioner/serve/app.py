@@ -10,8 +10,6 @@ the problem; nothing in a request names a file or URL for the server to open.
 from __future__ import annotations
 
 import asyncio
-import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,25 +21,18 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline  # /docs from packaged assets, no CDN
 from starlette.exceptions import HTTPException
 
-from ..data.images import ImageError
+from ..config import ServeOptions
 from ..decoding import DecodeOptions
 from ..inference import Caption, Captioner
 from .batching import Batcher
+from .errors import RequestError
 from .limits import BodyLimit
-from .uploads import upload_tensor
+from .uploads import UploadReader
 
 STATIC = Path(__file__).parent / "static"
 #: the widest beam (and most captions per image) an HTTP client may ask for
 HTTP_MAX_BEAM = 20
 MAX_LENGTH_PENALTY = 5.0
-
-
-class RequestError(Exception):
-    """A problem with a request: answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def caption_json(c: Caption, digits: int = 4) -> dict[str, Any]:
@@ -52,16 +43,13 @@ def caption_json(c: Caption, digits: int = 4) -> dict[str, Any]:
             "attention": [[round(v, digits) for v in row] for row in c.alpha.float().tolist()]}
 
 
-def create_app(cap: Captioner, model_info: dict[str, Any] | None = None, *, max_batch: int = 16,
-               max_wait_ms: float = 5.0, max_upload_mb: float = 20.0, max_images: int = 16,
-               decode_workers: int | None = None) -> FastAPI:
-    """The service around one loaded ``Captioner``: concurrent requests are batched (up to
-    ``max_batch`` images, waiting at most ``max_wait_ms``), uploads over ``max_upload_mb`` or
-    requests with more than ``max_images`` images are refused."""
-    batcher = Batcher(cap.caption_tensors, max_batch, max_wait_ms)
-    pool = ThreadPoolExecutor(decode_workers or min(4, os.cpu_count() or 1),
-                              thread_name_prefix="decode")
-    max_bytes = int(max_upload_mb * 1024 * 1024)
+def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
+               settings: ServeOptions = ServeOptions()) -> FastAPI:
+    """The service around one loaded ``Captioner``: concurrent requests are batched, uploads
+    and requests over ``settings``' limits refused (``ServeOptions``)."""
+    batcher = Batcher(cap.caption_tensors, settings.max_batch, settings.max_wait_ms)
+    uploads = UploadReader(cap, settings.max_upload_mb, settings.decode_workers)
+    max_images, max_upload_mb = settings.max_images, settings.max_upload_mb
     info = model_info or {"encoder": cap.model.config.encoder}
 
     @asynccontextmanager
@@ -71,13 +59,13 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None, *, max_
             yield
         finally:
             batcher.stop()
-            pool.shutdown(wait=False, cancel_futures=True)
+            uploads.close()
 
     app = FastAPIOffline(title="captioner", lifespan=lifespan,
                          description="Show, Attend and Tell captions with each word's attention.")
     app.state.batcher = batcher
     # the whole body is refused early when it cannot hold max_images uploads within the limit
-    app.add_middleware(BodyLimit, max_bytes=max_bytes * max_images + 1024 * 1024,
+    app.add_middleware(BodyLimit, max_bytes=uploads.max_bytes * max_images + 1024 * 1024,
                        message=f"request body is over the upload limit ({max_upload_mb:g} MB per "
                        f"image, {max_images} images)")
     _add_error_handlers(app)
@@ -132,7 +120,7 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None, *, max_
                    ) -> tuple[dict[str, Any], int]:
         name = (upload.filename or f"image {index + 1}")[:200]
         try:
-            tensor, (width, height) = await _decode(upload, name)
+            tensor, (width, height) = await uploads.read(upload, name)
         except BaseException as exc:  # a bad upload, or cancelled because the client left
             batcher.expect(-1)  # announced with the request, never coming
             if isinstance(exc, RequestError):
@@ -141,19 +129,6 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None, *, max_
         found = await batcher.submit(tensor, options, expected=True)
         return {"filename": name, "width": width, "height": height,
                 "captions": [caption_json(c) for c in found]}, 0
-
-    async def _decode(upload: UploadFile, name: str):
-        if upload.size is not None and upload.size > max_bytes:
-            raise RequestError(413, f"{name}: {upload.size / 2**20:.1f} MB is over the "
-                               f"{max_upload_mb:g} MB upload limit")
-        data = await upload.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise RequestError(413, f"{name}: over the {max_upload_mb:g} MB upload limit")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, upload_tensor, cap,
-                                                                    data, name)
-        except ImageError as exc:
-            raise RequestError(400, str(exc)) from None
 
     return app
 
