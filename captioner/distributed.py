@@ -29,8 +29,8 @@ def leave_group(wait: bool) -> None:
     """Destroy the process group (if this process joined one). With ``wait`` (a run that ended
     normally, every rank here) after all ranks arrive, so none closes its connections while
     another still receives. Garbage is collected first: reference cycles (torch keeps some
-    import-time frames) can hold a DDP wrapper, whose reducer holds the group's gloo threads,
-    and freed at the interpreter's exit instead those threads can abort a finished run."""
+    import-time frames) can hold a DDP wrapper, whose reducer holds the group's gloo threads;
+    freed now, they are not left to the interpreter's teardown, where gloo may abort."""
     if not dist.is_initialized():
         return
     gc.collect()
