@@ -12,11 +12,15 @@ from .config import ModelConfig, TrainConfig
 
 
 def prepare(args) -> int:
-    from .data.prepare import FeatureSpec, claim_output, prepare as run_prepare
+    from .data.prepare import FeatureSpec, claim_output, interrupted, prepare as run_prepare
     from .data.readers import get_reader
+    from .errors import UserError
 
     out = Path(args.out)
     created = claim_output(out, args.overwrite)  # before any work: never mixes two datasets
+    if interrupted(out):
+        print(f"{out}: continuing an interrupted prepare (features already encoded are kept "
+              "where the images and encoder are the same)", file=sys.stderr)
     try:
         records = get_reader(args.source).read(args)
         spec = None
@@ -25,8 +29,11 @@ def prepare(args) -> int:
                                args.workers)
         report = run_prepare(records, out, args.source, args.min_count, args.max_len, spec,
                              not args.no_progress)
-    except BaseException:
-        if created:  # a failed or interrupted prepare leaves no half-made folder behind
+    except BaseException as exc:
+        if not isinstance(exc, (UserError, ValueError)) and interrupted(out):  # keep the work
+            print(f"{out}: prepare stopped; run the same command again to continue from the "
+                  "features encoded so far", file=sys.stderr)
+        elif created:  # a failed prepare leaves no half-made folder behind
             shutil.rmtree(out, ignore_errors=True)
         raise
     for line in report.skipped[:20]:

@@ -404,6 +404,77 @@ def test_cli_prepares_shapes_with_relative_paths_and_object_boxes(tmp_path, caps
     assert assert_memmap_rows_align(out, "train").shape[0] == 4
 
 
+@pytest.mark.parametrize("stop_at, rest", [
+    (5, ["truncated", "astronaut_flip", "coffee_flip", "chelsea_flip"]),  # mid-train
+    (8, ["chelsea_flip"])])  # in val, train's features done
+def test_an_interrupted_prepare_continues_where_it_stopped_when_run_again(
+        photos, tmp_path, capsys, monkeypatch, stop_at, rest):
+    import captioner.data.prepare as preparing
+
+    names = ["astronaut", "missing", "coffee", "chelsea", "truncated", "astronaut_flip",
+             "coffee_flip", "chelsea_flip"]
+    path = write_karpathy(tmp_path / "d.json", [
+        karpathy_entry(n, "val" if n == "chelsea_flip" else "train") for n in names])
+
+    def cli(out):
+        return run_cli(["prepare", "karpathy", "--json", path, "--images", photos, "--out", out,
+                        "--min-count", "1", "--features", "tiny", "--grid", "2", "--batch-size",
+                        "2", "--workers", "0", "--no-progress"], capsys)
+
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert cli(whole)[0] == 0
+    loaded, load = [], preparing._ImageSet.__getitem__
+
+    def loading(self, i):  # Ctrl-C while loading an image: the batches (of 2) before are done
+        loaded.append(self.records[i].image_id)
+        if len(loaded) == stop_at and out_of_patience:
+            raise KeyboardInterrupt
+        return load(self, i)
+
+    monkeypatch.setattr(preparing._ImageSet, "__getitem__", loading)
+    out_of_patience = True
+    rc, _, stderr = cli(out)
+    assert rc == 130 and "run the same command again to continue" in stderr
+    loaded.clear()
+    out_of_patience = False
+    rc, stdout, stderr = cli(out)
+    assert rc == 0 and "continuing an interrupted prepare" in stderr
+    assert loaded == rest
+    for name in ["meta.json", "train.json", "val.json", "vocab.json", "features/train.f16",
+                 "features/val.f16", "features/encoder.safetensors"]:
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert sorted(p.name for p in (out / "features").iterdir()) == [
+        "encoder.safetensors", "train.f16", "val.f16"]  # no progress or partial file left
+
+
+def test_an_interrupted_prepare_run_again_with_another_grid_encodes_everything_anew(
+        photos, tmp_path, monkeypatch):
+    import captioner.data.prepare as preparing
+
+    records = read_karpathy(write_karpathy(tmp_path / "d.json", [
+        karpathy_entry(n, "train") for n in ["astronaut", "coffee", "chelsea", "coffee_flip"]]),
+        photos)
+    out, load, loaded = tmp_path / "out", preparing._ImageSet.__getitem__, []
+
+    def loading(self, i):
+        loaded.append(i)
+        if len(loaded) == calls_before_stop:
+            raise KeyboardInterrupt
+        return load(self, i)
+
+    monkeypatch.setattr(preparing._ImageSet, "__getitem__", loading)
+    calls_before_stop = 3
+    with pytest.raises(KeyboardInterrupt):
+        prepare(records, out, "karpathy", min_count=1, progress=False,
+                features=FeatureSpec("tiny", grid_size=2, batch_size=2, num_workers=0))
+    loaded.clear()
+    calls_before_stop = 0
+    prepare(records, out, "karpathy", min_count=1, progress=False,
+            features=FeatureSpec("tiny", grid_size=3, batch_size=2, num_workers=0))
+    assert loaded == [0, 1, 2, 3]  # the grid 2 rows were of no use
+    assert assert_memmap_rows_align(out, "train").shape == (4, 9, 128)
+
+
 def test_cli_with_nothing_usable_exits_2_with_one_line_on_stderr(photos, tmp_path, capsys):
     path = write_karpathy(tmp_path / "dataset.json", [
         karpathy_entry("missing", "train"), karpathy_entry("empty", "val")])

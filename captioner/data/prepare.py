@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -77,17 +79,23 @@ def _collate(items):
     return [i for i, _ in good], stacked, [x for _, x in items if isinstance(x, str)], len(items)
 
 
+def interrupted(out: Path) -> bool:
+    """Whether ``out`` holds an unfinished prepare whose encoded features a rerun continues."""
+    return not (out / "meta.json").exists() and any((out / "features").glob(f"*{PROGRESS}"))
+
+
 def claim_output(out: Path, overwrite: bool = False) -> bool:
-    """Make ``out`` ready for a new prepared folder: a new or empty folder is fine; a prepared
-    folder (it has meta.json) is emptied only with ``overwrite``; anything else is refused, one
-    line naming it. Returns whether the folder was created here."""
+    """Make ``out`` ready for a new prepared folder: a new or empty folder is fine, and so is an
+    interrupted prepare (it continues: see ``prepare``); a prepared folder (it has meta.json) is
+    emptied only with ``overwrite`` (an interrupted one too); anything else is refused, one line
+    naming it. Returns whether the folder was created here."""
     if not out.exists():
         out.mkdir(parents=True)
         return True
     held = sorted(p.name for p in out.iterdir())
-    if not held:
+    if not held or (interrupted(out) and not overwrite):
         return False
-    if not (out / "meta.json").is_file():
+    if not (out / "meta.json").is_file() and not interrupted(out):
         raise ValueError(f"{out}: holds other files ({', '.join(held[:3])}"
                          f"{', ...' if len(held) > 3 else ''}); pick a new or empty --out")
     if not overwrite:
@@ -103,7 +111,11 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
             max_len: int = 20, features: FeatureSpec | None = None, progress: bool = True
             ) -> PrepareReport:
     """Check every image, build the vocabulary on train, write manifests and (optionally)
-    encoder features. Bad images are skipped and reported; PrepareError if none is usable."""
+    encoder features. Bad images are skipped and reported; PrepareError if none is usable.
+    Features are written with their progress (``features/SPLIT.progress.json``, after every
+    batch): a prepare killed or interrupted mid-way continues where it stopped when run again
+    into the same folder with the same images and encoder, and redoes a split where either
+    differs."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = PrepareReport()
@@ -160,6 +172,8 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
     atomic_write_json(out / "meta.json", {
         "source": source, "splits": report.kept, "min_count": min_count, "max_len": max_len,
         "vocab_size": len(vocab), "features": feat_meta, "skipped": report.skipped[:1000]})
+    for leftover in [*(out / "features").glob(f"*{PROGRESS}"), *(out / "features").glob("*.tmp")]:
+        leftover.unlink()  # progress of the finished splits, and of any other input's
     return report
 
 
@@ -188,27 +202,46 @@ def _device() -> torch.device:
 
 def _check_and_encode(records, split, report, encoder, pre, target, spec, progress):
     """Load every image once (in worker processes); with an encoder, write the features of the
-    good ones in order into a float16 memmap, truncated to the kept rows at the end."""
+    good ones in order into a float16 memmap, truncated to the kept rows at the end, recording
+    after each batch how far it got (``_Progress``) so that a rerun continues from there."""
     workers = spec.num_workers if spec else min(2, os.cpu_count() or 1)
     batch = spec.batch_size if spec else 64
-    loader = DataLoader(_ImageSet(records, pre), batch_size=batch, num_workers=workers,
-                        collate_fn=_collate, pin_memory=torch.cuda.is_available())
-    kept: list[ImageRecord] = []
-    memmap, tmp = None, None
+    kept: list[int] = []
+    memmap, tmp, state = None, None, None
     if encoder is not None:
         device = next(encoder.parameters()).device
         shape = (len(records), encoder.grid_size ** 2, encoder.feature_dim)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".f16.tmp")
-        memmap = np.memmap(tmp, FEATURE_DTYPE, "w+", shape=shape)
-    bar = tqdm(total=len(records), desc=f"{split} images", disable=not progress, unit="img")
+        state = _Progress(target, records, spec, encoder, pre)
+        if state.finished():  # done before an interruption in a later split
+            report.skipped.extend(state.skipped)
+            return [records[i] for i in state.kept()]
+        resumed = state.resumable(tmp, int(np.prod(shape)) * np.dtype(FEATURE_DTYPE).itemsize)
+        memmap = np.memmap(tmp, FEATURE_DTYPE, "r+" if resumed else "w+", shape=shape)
+        if resumed:
+            kept = state.kept()
+            report.skipped.extend(state.skipped)
+        else:
+            state.reset()
+    start = done = state.done if state else 0
+    loader = DataLoader(_ImageSet(records[start:], pre), batch_size=batch, num_workers=workers,
+                        collate_fn=_collate, pin_memory=torch.cuda.is_available())
+    bar = tqdm(total=len(records), initial=start, desc=f"{split} images", disable=not progress,
+               unit="img")
     with torch.inference_mode():
         for good, images, errors, count in loader:
             report.skipped.extend(errors)
+            good = [start + i for i in good]
             if encoder is not None and good:
                 feats = encoder(images.to(device, non_blocking=True))  # (b, P, D)
                 memmap[len(kept): len(kept) + len(good)] = feats.cpu().numpy().astype(FEATURE_DTYPE)
-            kept.extend(records[i] for i in good)
+            kept.extend(good)
+            if state:
+                memmap.flush()  # the rows first, then the record that they are there
+                state.save(done + count, sorted(set(range(done, done + count)) - set(good)),
+                           errors)
+            done += count
             bar.update(count)
     bar.close()
     if memmap is not None:
@@ -220,4 +253,56 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
             os.replace(tmp, target)
         else:
             os.unlink(tmp)
-    return kept
+        state.finish()
+    return [records[i] for i in kept]
+
+
+PROGRESS = ".progress.json"
+
+
+class _Progress:
+    """How far a split's features got: images done, the bad ones among them (index and line;
+    the rest are the memmap's rows, in order), for one input (the records' paths, the encoder,
+    its seed, grid, width and preprocessing); ``finish()`` marks the split's features complete."""
+
+    def __init__(self, target: Path, records, spec: FeatureSpec, encoder, pre: Preprocess):
+        self.path = target.with_name(target.name.split(".")[0] + PROGRESS)
+        self.target = target
+        about = json.dumps([[str(r.path) for r in records], spec.encoder, spec.seed,
+                            encoder.grid_size, encoder.feature_dim, asdict(pre)])
+        self.key = hashlib.sha256(about.encode()).hexdigest()
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("key") != self.key:
+            saved = {}
+        self.done, self.bad = saved.get("done", 0), saved.get("bad", [])
+        self.skipped, self.complete = saved.get("skipped", []), saved.get("complete", False)
+
+    def kept(self) -> list[int]:
+        bad = set(self.bad)
+        return [i for i in range(self.done) if i not in bad]
+
+    def finished(self) -> bool:
+        return self.complete and self.target.exists()
+
+    def resumable(self, tmp: Path, nbytes: int) -> bool:
+        """Some images done, the split not finished, and its memmap whole (not yet cut)."""
+        return (self.done > 0 and not self.complete and tmp.exists()
+                and tmp.stat().st_size == nbytes)
+
+    def reset(self) -> None:
+        self.done, self.bad, self.skipped, self.complete = 0, [], [], False
+
+    def save(self, done: int, bad: list[int], errors: list[str]) -> None:
+        self.done, self.bad, self.skipped = done, self.bad + bad, self.skipped + errors
+        self._write()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._write()
+
+    def _write(self) -> None:
+        atomic_write_json(self.path, {"key": self.key, "done": self.done, "bad": self.bad,
+                                      "skipped": self.skipped, "complete": self.complete})
