@@ -92,10 +92,10 @@ def claim_output(out: Path, overwrite: bool = False) -> bool:
     if not out.exists():
         out.mkdir(parents=True)
         return True
-    held = sorted(p.name for p in out.iterdir())
-    if not held or (interrupted(out) and not overwrite):
+    held, partial = sorted(p.name for p in out.iterdir()), interrupted(out)
+    if not held or (partial and not overwrite):
         return False
-    if not (out / "meta.json").is_file() and not interrupted(out):
+    if not (out / "meta.json").is_file() and not partial:
         raise ValueError(f"{out}: holds other files ({', '.join(held[:3])}"
                          f"{', ...' if len(held) > 3 else ''}); pick a new or empty --out")
     if not overwrite:
@@ -211,13 +211,14 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
     if encoder is not None:
         device = next(encoder.parameters()).device
         shape = (len(records), encoder.grid_size ** 2, encoder.feature_dim)
+        row_bytes = shape[1] * shape[2] * np.dtype(FEATURE_DTYPE).itemsize
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".f16.tmp")
         state = _Progress(target, records, spec, encoder, pre)
         if state.finished():  # done before an interruption in a later split
             report.skipped.extend(state.skipped)
             return [records[i] for i in state.kept()]
-        resumed = state.resumable(tmp, int(np.prod(shape)) * np.dtype(FEATURE_DTYPE).itemsize)
+        resumed = state.resumable(tmp, len(records) * row_bytes)
         memmap = np.memmap(tmp, FEATURE_DTYPE, "r+" if resumed else "w+", shape=shape)
         if resumed:
             kept = state.kept()
@@ -247,7 +248,6 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
     if memmap is not None:
         memmap.flush()
         del memmap
-        row_bytes = encoder.grid_size ** 2 * encoder.feature_dim * np.dtype(FEATURE_DTYPE).itemsize
         os.truncate(tmp, len(kept) * row_bytes)
         if kept:
             os.replace(tmp, target)
