@@ -362,6 +362,14 @@ class Trainer:
             reason = "max_minutes"
         return broadcast(reason, self.world)
 
+    def close(self, ended: bool) -> None:
+        """Leave the process group, if this run joined one, after dropping the DDP wrapper (and
+        the objective that holds it), which hold the group. ``ended``: the run stopped normally
+        on every rank, so the ranks leave together (see ``leave_group``)."""
+        if self.world > 1:
+            self.ddp = self.objective = None
+            leave_group(wait=ended)
+
 
 def train(model_config: ModelConfig, train_config: TrainConfig, resume: bool = False,
           encoder_given: bool = True) -> TrainResult:
@@ -379,7 +387,5 @@ def train(model_config: ModelConfig, train_config: TrainConfig, resume: bool = F
         try:
             result = trainer.run()
         finally:
-            if trainer.world > 1:
-                trainer.ddp = trainer.objective = None  # the DDP wrapper holds the group
-                leave_group(wait=result is not None)
+            trainer.close(ended=result is not None)
         return result
