@@ -85,7 +85,8 @@ def train(args) -> int:
               f"`captioner train --out {result.run_dir} --resume`", file=sys.stderr)
         return 130 if result.stopped == "SIGINT" else 143
     else:
-        print(f"trained {result.step} steps ({result.epochs_text}, stopped by {result.stopped}); "
+        print(f"trained {result.step} steps ({result.epochs_text} in {result.time_text}, stopped "
+              f"by {result.stopped}); "
               f"best val {result.select_by} {result.best_score:.4f}; "
               f"checkpoints in {result.run_dir}")
     return 0

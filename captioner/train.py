@@ -47,11 +47,17 @@ class TrainResult:
     stopped: str  # "epochs", "max_steps", "max_minutes", "early_stop", "finished" (a finished
     # run resumed: nothing done), or the signal that stopped it ("SIGINT", "SIGTERM")
     rank: int = 0  # this process's rank under torchrun
+    minutes: float = 0.0  # the run's wall time, over every process that trained it (resumes)
 
     @property
     def epochs_text(self) -> str:
         """"1 epoch", "4 epochs", "1.738 epochs"."""
         return f"{self.epoch:g} epoch{'' if self.epoch == 1 else 's'}"
+
+    @property
+    def time_text(self) -> str:
+        """"12.3 min", "2.25 h"."""
+        return f"{self.minutes:.1f} min" if self.minutes < 120 else f"{self.minutes / 60:.2f} h"
 
 
 def resolve_model_config(data: PreparedData, config: ModelConfig, encoder_given: bool
@@ -123,6 +129,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.state = {"step": 0, "epoch": 0, "batch": 0, "best_score": -1.0, "bad_epochs": 0,
                       "epoch_best": -1.0}
+        self.seconds = 0.0  # the run's wall time up to ``_clocked``, over all its processes
         self.stop: GracefulStop | None = None  # set by ``train``: signals stop after a step
         if ckpt is not None:
             self._restore(ckpt.train)
@@ -134,6 +141,7 @@ class Trainer:
         context = StepContext(self.model, self.ddp, self.device, self.generator, self._autocast)
         self.objective = objective_class(cfg.objective)(context, cfg, self.dataset)
         self.log = RunLog(self.run_dir, cfg.logdir, self.rank, self.state["step"])
+        self._clocked = time.perf_counter()  # when ``seconds`` was last brought up to date
 
     # -- building ------------------------------------------------------------------------
     def _checkpoint_to_resume(self) -> Checkpoint:
@@ -180,6 +188,7 @@ class Trainer:
         self.state = train["loop"]
         if "best_bleu4" in self.state:  # a run saved before --select-by
             self.state["best_score"] = self.state.pop("best_bleu4")
+        self.seconds = train.get("seconds", 0.0)  # 0: saved before the wall time was kept
         set_rng_state(train["rng"], self.generator)
         threads = train.get("threads")
         if threads and threads != torch.get_num_threads() and self.rank == 0:
@@ -195,7 +204,8 @@ class Trainer:
         if with_train:
             train = {"train_config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "loop": dict(self.state),
-                     "rng": rng_state(self.generator), "threads": torch.get_num_threads()}
+                     "rng": rng_state(self.generator), "threads": torch.get_num_threads(),
+                     "seconds": self.wall_seconds()}
         save_checkpoint(self.run_dir / f"{name}.safetensors", self.config, self.data.vocab,
                         self.model.state_dict(), train)
 
@@ -253,7 +263,8 @@ class Trainer:
                 st["bad_epochs"] += 1
         lr, epochs = self.optimizer.param_groups[0]["lr"], self.epochs_done()
         self.log.log({"step": st["step"], "epoch": epochs,
-                      **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr})
+                      **{f"val/{k}": v for k, v in metrics.items()}, "lr": lr,
+                      "minutes": round(self.wall_seconds() / 60, 2)})
         if self.cfg.progress and self.rank == 0 and not sys.stderr.isatty():
             print(f"epoch {epochs}: step {st['step']}, val {self.cfg.select_by} "
                   f"{value:.4f}, lr {lr:.3g}", file=sys.stderr, flush=True)
@@ -266,7 +277,7 @@ class Trainer:
         cfg, st = self.cfg, self.state
         if self._finished():
             return TrainResult(st["step"], self.epochs_done(), st["best_score"], cfg.select_by,
-                               self.run_dir, "finished", self.rank)
+                               self.run_dir, "finished", self.rank, self.seconds / 60)
         self.model.train()
         self.started = time.perf_counter()
         total = cfg.epochs * self.per_epoch
@@ -297,7 +308,7 @@ class Trainer:
         self.bar.close()
         self.log.close()
         return TrainResult(st["step"], self.epochs_done(), st["best_score"], cfg.select_by,
-                           self.run_dir, stopped, self.rank)
+                           self.run_dir, stopped, self.rank, self.wall_seconds() / 60)
 
     def _train_epoch(self) -> str | None:
         """The rest of the current epoch; the limit that stopped it early, if one did."""
@@ -333,6 +344,14 @@ class Trainer:
             if limit:
                 return limit
         return None
+
+    def wall_seconds(self) -> float:
+        """The run's wall time so far (building, training, validating), added up over every
+        process that trained it: a resumed run carries on from its checkpoint's figure."""
+        now = time.perf_counter()
+        self.seconds += now - self._clocked
+        self._clocked = now
+        return self.seconds
 
     def epochs_done(self) -> int | float:
         """Epochs trained so far, the current one's done fraction included (3 decimals): what

@@ -167,18 +167,31 @@ fi
 evaluate ensemble_soft_hard $(best "${SOFT_SEEDS[0]}" "${HARD_SEEDS[0]}")
 evaluate ensemble_final $(best soft_scst hard_scst)
 .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS <<'PY'
-import json, os, sys
+import json, os, platform, sys
+import torch
 out, seconds, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"]
-rows = ["Val selected every checkpoint and setting; test was held out (\"-\": the data has no test split).", "",
+def trained_minutes(run):  # the run's wall time over all its processes, when it trained one
+    path = f"{out}/{run}/metrics.jsonl"
+    times = [json.loads(line).get("minutes") for line in open(path)] if os.path.exists(path) else []
+    times = [t for t in times if t is not None]
+    return f"{times[-1]:.0f}" if times else "-"
+cpu = platform.processor() or platform.machine()
+if os.path.exists("/proc/cpuinfo"):
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), cpu)
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+rows = ["Val selected every checkpoint and setting; test was held out (\"-\": the data has no test split).",
+        f"Machine: {cpu}, {os.cpu_count()} CPU threads, {gpu}; training minutes are each run's wall "
+        "time on the machines that trained it (\"-\": averaged weights, an ensemble).", "",
         "| model | split | " + " | ".join(c.replace("BLEU-", "B-") for c in cols) +
-        " | attention entropy / log P | distinct captions | words used |",
-        "|---|---|" + "---|" * (len(cols) + 3)]
+        " | attention entropy / log P | distinct captions | words used | training min |",
+        "|---|---|" + "---|" * (len(cols) + 4)]
 for run in runs:
     for split in ("val", "test"):
         path = f"{out}/{run}/{split}_metrics.json"
         if not os.path.exists(path):
-            rows.append(f"| {run} | {split} | " + " | ".join("-" for _ in range(len(cols) + 3)) + " |")
+            rows.append(f"| {run} | {split} | " + " | ".join("-" for _ in range(len(cols) + 4)) + " |")
             continue
         m = json.load(open(path))
         g = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"
@@ -187,7 +200,8 @@ for run in runs:
                     f"{split}{' (selection)' if split == 'val' else ''} | "
                     + " | ".join(g(f"coco/{c}") for c in cols) +
                     f" | {m['attention_entropy']:.2f} / {m['attention_entropy_uniform']:.2f} | "
-                    f"{int(m['distinct_captions'])} / {int(m['images'])} | {int(m['vocabulary_used'])} |")
+                    f"{int(m['distinct_captions'])} / {int(m['images'])} | {int(m['vocabulary_used'])} | "
+                    f"{trained_minutes(run)} |")
 rows.append(f"\nwall time: {seconds / 60:.1f} min")
 open(f"{out}/results.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,6 +140,31 @@ def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     first, second = [r["captions_per_s"] for r in records if "captions_per_s" in r]
     assert second == pytest.approx(10 * first)  # an epoch's running mean would say 1.8x
+
+
+def test_a_resumed_run_adds_its_wall_time_to_the_time_it_had(shapes_dir, tmp_path, monkeypatch):
+    import captioner.train as training
+
+    clock = {"t": 0.0}
+    step = training.Trainer.train_step
+
+    def timed_step(self, batch):  # every step takes 3 s of the fake clock
+        clock["t"] += 3.0
+        return step(self, batch)
+
+    monkeypatch.setattr(training.Trainer, "train_step", timed_step)
+    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    run = tmp_path / "run"
+    first = train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=20))
+    assert first.minutes == pytest.approx(1.0)  # 20 steps of 3 s
+    clock["t"] += 1000.0  # the time between the two processes is not the run's
+    second = train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=40),
+                   resume=True)
+    assert second.minutes == pytest.approx(2.0) and "2.0 min" in second.time_text
+    assert load_checkpoint(run / "last.safetensors").train["seconds"] == pytest.approx(120.0)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["minutes"] for r in records if "minutes" in r] == [1.0, 1.5, 2.0]  # 30 steps a
+    # epoch: mid-epoch stop at 20, the epoch's end at 30, the stop at 40
 
 
 def test_leaving_the_group_first_frees_a_ddp_wrapper_only_garbage_holds():
@@ -387,9 +413,11 @@ def test_resume_takes_epochs_and_max_steps_as_given_and_logs_a_mid_epoch_stop_as
     common = ["--out", str(run), *SMALL, "--batch-size", "4"]  # 40 images: 10 steps an epoch
     assert main(["train", "--data", str(shapes_features_dir), *common, "--epochs", "6",
                  "--max-steps", "15"]) == 0
-    assert "trained 15 steps (1.5 epochs, stopped by max_steps)" in capsys.readouterr().out
+    assert re.search(r"trained 15 steps \(1\.5 epochs in [\d.]+ min, stopped by max_steps\)",
+                     capsys.readouterr().out)
     assert main(["train", *common, "--resume", "--epochs", "2", "--max-steps", "0"]) == 0
-    assert "trained 20 steps (2 epochs, stopped by epochs)" in capsys.readouterr().out
+    assert re.search(r"trained 20 steps \(2 epochs in [\d.]+ min, stopped by epochs\)",
+                     capsys.readouterr().out)
     assert TrainResult(10, 1, 0.5, "BLEU-4", run, "epochs").epochs_text == "1 epoch"
     saved = load_checkpoint(run / "last.safetensors").train["train_config"]
     assert (saved["epochs"], saved["max_steps"]) == (2, 0)
