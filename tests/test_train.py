@@ -122,19 +122,26 @@ def test_two_process_gloo_ddp_trains(shapes_dir, tmp_path):
     assert "trained 6 steps" in res.stdout and res.stdout.count("trained") == 1  # rank 0 reports
 
 
-def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir, tmp_path,
-                                                                       monkeypatch):
+def _fake_clock(monkeypatch, step_seconds) -> dict:
+    """Training's clock made to move only while a step runs, ``step_seconds(step)`` for each
+    (the step count before it); returns the clock, ``{"t": seconds}``, to move by hand."""
     import captioner.train as training
 
     clock = {"t": 0.0}
     step = training.Trainer.train_step
 
-    def timed_step(self, batch):  # steps 1-10 take 1 s each, steps 11-20 0.1 s
-        clock["t"] += 1.0 if self.state["step"] < 10 else 0.1
+    def timed_step(self, batch):
+        clock["t"] += step_seconds(self.state["step"])
         return step(self, batch)
 
     monkeypatch.setattr(training.Trainer, "train_step", timed_step)
     monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    return clock
+
+
+def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir, tmp_path,
+                                                                       monkeypatch):
+    _fake_clock(monkeypatch, lambda step: 1.0 if step < 10 else 0.1)  # steps 1-10 1 s, then 0.1
     run = tmp_path / "run"
     train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=20))  # 30 a epoch
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -143,17 +150,7 @@ def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir
 
 
 def test_a_resumed_run_adds_its_wall_time_to_the_time_it_had(shapes_dir, tmp_path, monkeypatch):
-    import captioner.train as training
-
-    clock = {"t": 0.0}
-    step = training.Trainer.train_step
-
-    def timed_step(self, batch):  # every step takes 3 s of the fake clock
-        clock["t"] += 3.0
-        return step(self, batch)
-
-    monkeypatch.setattr(training.Trainer, "train_step", timed_step)
-    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    clock = _fake_clock(monkeypatch, lambda step: 3.0)
     run = tmp_path / "run"
     first = train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=20))
     assert first.minutes == pytest.approx(1.0)  # 20 steps of 3 s
