@@ -7,8 +7,8 @@
 #   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
 #          and images/; e.g. ../shared/data/flickr8k)
 # Uses the GPU when there is one (prepare and train). Wall time, measured per stage (README):
-# on 2 CPU cores ~40 min to prepare and ~80-90 min per likelihood model (5 epochs of 15-18
-# min; 4 of them with SEEDS="1", 6 with the default SEEDS="1 2"), then the stages that train the
+# on 2 CPU cores ~40 min to prepare and ~80 min per likelihood model (5 epochs of ~15 min;
+# 4 of them with SEEDS="1", 6 with the default SEEDS="1 2"), then the stages that train the
 # encoder from images: ~16 min per epoch of fine-tuning (3) and ~27 min per epoch of self-critical
 # training (10), about 7 h per kind (measured with Lite2's 9x9 features); on one H100 shared by 8
 # runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch. FINE_TUNE=0 skips the
