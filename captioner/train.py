@@ -276,8 +276,7 @@ class Trainer:
         ``last.safetensors`` then holds where it stopped."""
         cfg, st = self.cfg, self.state
         if self._finished():
-            return TrainResult(st["step"], self.epochs_done(), st["best_score"], cfg.select_by,
-                               self.run_dir, "finished", self.rank, self.seconds / 60)
+            return self._result("finished")
         self.model.train()
         self.started = time.perf_counter()
         total = cfg.epochs * self.per_epoch
@@ -307,8 +306,7 @@ class Trainer:
             self.save("last", with_train=True)
         self.bar.close()
         self.log.close()
-        return TrainResult(st["step"], self.epochs_done(), st["best_score"], cfg.select_by,
-                           self.run_dir, stopped, self.rank, self.wall_seconds() / 60)
+        return self._result(stopped)
 
     def _train_epoch(self) -> str | None:
         """The rest of the current epoch; the limit that stopped it early, if one did."""
@@ -344,6 +342,11 @@ class Trainer:
             if limit:
                 return limit
         return None
+
+    def _result(self, stopped: str) -> TrainResult:
+        st = self.state
+        return TrainResult(st["step"], self.epochs_done(), st["best_score"], self.cfg.select_by,
+                           self.run_dir, stopped, self.rank, self.wall_seconds() / 60)
 
     def wall_seconds(self) -> float:
         """The run's wall time so far (building, training, validating), added up over every

@@ -188,6 +188,7 @@ rows = ["Val selected every checkpoint and setting; test was held out (\"-\": th
         " | attention entropy / log P | distinct captions | words used | training min |",
         "|---|---|" + "---|" * (len(cols) + 4)]
 for run in runs:
+    minutes = trained_minutes(run)
     for split in ("val", "test"):
         path = f"{out}/{run}/{split}_metrics.json"
         if not os.path.exists(path):
@@ -201,7 +202,7 @@ for run in runs:
                     + " | ".join(g(f"coco/{c}") for c in cols) +
                     f" | {m['attention_entropy']:.2f} / {m['attention_entropy_uniform']:.2f} | "
                     f"{int(m['distinct_captions'])} / {int(m['images'])} | {int(m['vocabulary_used'])} | "
-                    f"{trained_minutes(run)} |")
+                    f"{minutes} |")
 rows.append(f"\nwall time: {seconds / 60:.1f} min")
 open(f"{out}/results.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
