@@ -80,7 +80,8 @@ def _add_model_args(p) -> None:
             g.add_argument(f"--{kind}-{f.name.replace('_', '-')}", dest=f"{kind}_{f.name}",
                            type=type(f.default), default=f.default,
                            choices=f.metadata.get("choices"),
-                           help=f"{kind} attention: {f.name} (default: %(default)s)")
+                           help=f"{kind} attention: {f.metadata.get('help', f.name)} "
+                           "(default: %(default)s)")
 
 
 def _add_train(sub) -> None:

@@ -141,6 +141,21 @@ def test_every_subcommand_has_help(capsys):
         assert "usage: captioner " + cmd in capsys.readouterr().out
 
 
+def test_each_attention_option_flag_says_what_it_does(capsys):
+    from dataclasses import fields
+
+    from captioner.models.attention import ATTENTIONS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    for kind, cls in ATTENTIONS.items():
+        for f in fields(cls.Options):
+            assert f.metadata.get("help"), f"{kind}'s option {f.name} has no help"
+            described = " ".join(f.metadata["help"].split())
+            assert f"{kind} attention: {described} (default: {f.default})" in usage
+
+
 def test_figure_shows_the_region_the_encoder_saw():
     from captioner.config import Preprocess
     from captioner.visualize import model_view

@@ -4,9 +4,9 @@ An attention module is built from ``(feature_dim, hidden_dim, attention_dim, opt
 decoder calls ``project(features)`` once per image, ``reset(batch_size, generator)`` once per
 caption batch, and then ``attention(features, projected, hidden)`` at every word; training adds
 ``loss_terms(output, rerun)``, the kind's own loss terms. A new kind subclasses ``Attention``,
-declares its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag, with the
-field's ``metadata["choices"]`` if it has any, and is saved in the checkpoint's
-``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
+declares its ``Options`` (a dataclass: each field becomes a ``--KIND-FIELD`` flag described by
+the field's ``metadata["help"]``, with its ``metadata["choices"]`` if it has any, and is saved in
+the checkpoint's ``attention_options``) and registers in ``ATTENTIONS``; nothing else changes.
 """
 
 from __future__ import annotations
@@ -188,13 +188,22 @@ class HardAttention(Attention):
 
     @dataclass
     class Options:
-        baseline_decay: float = 0.9  # of the moving-average baseline b_k
-        reward_scale: float = 0.1  # lambda_r
-        entropy: float = 0.002  # lambda_e
-        expected_prob: float = 0.5  # chance that a minibatch uses the expected context
-        inference: str = field(default="expected", metadata={"choices": ("expected", "argmax")})
-        # REINFORCE's b: one "moving" average, or each caption's own with the "expected" context
-        baseline: str = field(default="moving", metadata={"choices": ("moving", "expected")})
+        baseline_decay: float = field(default=0.9, metadata={
+            "help": "decay of the moving-average REINFORCE baseline b_k"})
+        reward_scale: float = field(default=0.1, metadata={
+            "help": "lambda_r, the weight of the REINFORCE term"})
+        entropy: float = field(default=0.002, metadata={
+            "help": "lambda_e, the weight of the attention's entropy bonus"})
+        expected_prob: float = field(default=0.5, metadata={
+            "help": "chance that a training batch reads the expected context instead of "
+                    "sampled locations (one coin per batch)"})
+        inference: str = field(default="expected", metadata={
+            "choices": ("expected", "argmax"),
+            "help": "context at inference: the expectation, or the most likely location"})
+        baseline: str = field(default="moving", metadata={
+            "choices": ("moving", "expected"),
+            "help": "REINFORCE's b: one moving average, or each caption's own log-likelihood "
+                    "with the expected context"})
 
     def __init__(self, feature_dim, hidden_dim, attention_dim, options=None):
         super().__init__(feature_dim, hidden_dim, attention_dim, options)
