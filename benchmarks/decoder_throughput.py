@@ -5,7 +5,7 @@ image (``attention.project``) and runs each step only on the captions still goin
 shrinking batch). Naive (defined here, same modules and weights): re-projects the features at
 every step inside the time loop and runs every step on the full batch padded to the longest
 caption, the padding masked out of the loss. Both train with the same loss
-(``captioner.losses.caption_losses``: cross-entropy + doubly stochastic term), backward,
+(``captioner.objectives.caption_losses``: cross-entropy + doubly stochastic term), backward,
 gradient clipping at 5 (as ``captioner train``) and an Adam step, on the same batch in the same
 run. Before timing, the script checks (assert) that both give the same loss and logits on that
 batch in eval mode (dropout off), so the two compute the same function.
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from captioner.config import ModelConfig
-from captioner.losses import caption_losses
+from captioner.objectives import caption_losses
 from captioner.models.decoder import Decoder, DecoderOutput, DecoderState
 from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
 

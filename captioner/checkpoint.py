@@ -5,7 +5,7 @@ training state. Loading never unpickles anything; writing is atomic (temp file, 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoint_format import FORMAT, flatten, plain, unflatten
 from .config import ModelConfig
 from .fileio import atomic_write
+from .models.model import CaptionModel
 from .validate_checkpoint import validate_parts
 from .vocab import Vocabulary
-
-FORMAT = "captioner/1"
 
 
 @dataclass
@@ -27,35 +27,8 @@ class Checkpoint:
     vocab: Vocabulary
     weights: dict[str, torch.Tensor]  # the model's state dict
     train: Any = None  # training state (JSON values and tensors), None in inference-only files
-
-
-def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """Replace every tensor inside nested dicts/lists by a reference, moving it to ``tensors``."""
-    if isinstance(obj, torch.Tensor):
-        key = prefix
-        tensors[key] = obj.detach().cpu().contiguous()
-        return {"__tensor__": key}
-    if isinstance(obj, dict):
-        return {"__dict__": [[k, flatten(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
-    if isinstance(obj, list):
-        return [flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
-    return obj
-
-
-def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of ``flatten``; dict keys and tuples keep their types (optimizer state uses int
-    keys and tuple betas)."""
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return tensors[obj["__tensor__"]]
-        if "__tuple__" in obj:
-            return tuple(unflatten(v, tensors) for v in obj["__tuple__"])
-        return {k: unflatten(v, tensors) for k, v in obj["__dict__"]}
-    if isinstance(obj, list):
-        return [unflatten(v, tensors) for v in obj]
-    return obj
+    #: the model the weights were checked against, on the meta device (``load_model`` fills it)
+    skeleton: CaptionModel | None = field(default=None, repr=False, compare=False)
 
 
 def save_checkpoint(path: str | Path, config: ModelConfig, vocab: Vocabulary,
@@ -84,13 +57,11 @@ def load_checkpoint(path: str | Path, with_train: bool = True) -> Checkpoint:
             tensors = {k: f.get_tensor(k) for k in keys}
     except Exception as exc:  # safetensors raises its own error types for foreign files
         raise ValueError(f"{path}: not a captioner checkpoint ({type(exc).__name__}: {exc})") from None
-    validate_parts(path, metadata, tensors, with_train=False)  # one line naming a bad field
-    config = ModelConfig.from_dict(json.loads(metadata["config"]))
-    vocab = Vocabulary.from_json(metadata["vocab"])
+    config, vocab, skeleton = validate_parts(path, metadata, tensors, with_train=False)
     train = json.loads(metadata["train"]) if with_train else None
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     train_state = unflatten(train, tensors) if train is not None else None
-    return Checkpoint(config, vocab, weights, train_state)
+    return Checkpoint(config, vocab, weights, train_state, skeleton)
 
 
 def read_train_header(path: str | Path) -> dict[str, Any] | None:
@@ -99,34 +70,32 @@ def read_train_header(path: str | Path) -> dict[str, Any] | None:
     ``last.safetensors``. None when the file is missing, not a checkpoint, or carries none."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            train = _plain(json.loads((f.metadata() or {}).get("train") or "null"))
+            train = plain(json.loads((f.metadata() or {}).get("train") or "null"))
     except Exception:  # not there, or not a safetensors file: nothing to say
         return None
     return train if isinstance(train, dict) else None
 
 
-def _plain(obj: Any) -> Any:
-    """``flatten``'s JSON as plain values, tensor references as None."""
-    if isinstance(obj, dict):
-        if "__tensor__" in obj:
-            return None
-        if "__tuple__" in obj:
-            return [_plain(v) for v in obj["__tuple__"]]
-        if "__dict__" in obj:
-            return {str(k): _plain(v) for k, v in obj["__dict__"]}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Build the model a checkpoint describes and load its weights: (model, vocab, checkpoint)."""
-    from .models.model import build_model
-
+    """The model a checkpoint describes with its weights: (model, vocab, checkpoint). The model
+    is the one its checks built on the meta device, given the file's tensors (built once, never
+    initialised)."""
     ckpt = load_checkpoint(path, with_train=False)
-    model = build_model(ckpt.config, pretrained=False)
-    missing, unexpected = model.load_state_dict(ckpt.weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match its config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.to(device).eval(), ckpt.vocab, ckpt
+    return materialize(ckpt).to(device).eval(), ckpt.vocab, ckpt
+
+
+def materialize(ckpt: Checkpoint) -> CaptionModel:
+    """``ckpt``'s model as a real one: its meta skeleton filled with the weights."""
+    return fill(ckpt.skeleton, ckpt.weights)
+
+
+def fill(model: CaptionModel, weights: dict[str, torch.Tensor]) -> CaptionModel:
+    """A model built on the meta device made real with ``weights``: its tensors allocated
+    (uninitialised) on the CPU, then the weights copied in. A copy, not the file's tensors
+    themselves: PyTorch's own allocations are aligned as a freshly built model's are, which
+    keeps the CPU kernels (and so a resumed run) bit for bit what they were."""
+    unfilled = {n for n, _ in [*model.named_parameters(), *model.named_buffers()]} - set(weights)
+    assert not unfilled, f"tensors of the model its weights do not hold: {sorted(unfilled)}"
+    model.to_empty(device="cpu")
+    model.load_state_dict(weights)
+    return model

@@ -1,30 +1,34 @@
-"""Command line: parse, build configs, call the library, print. No model logic here."""
+"""Command line: parse, build configs, call the library, print. No model logic here.
+
+The flags of every declared setting (``ModelConfig``, each attention kind's ``Options``,
+``TrainConfig``, ``DecodeOptions``, ``FeatureSpec``, ``ServeOptions``) are generated from the
+field declarations (``flags.add_flags``), with their bounds, choices, help and defaults; flags
+not given stay out of the parsed namespace, so a command knows exactly what was written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 
 from . import __version__
-from .argtypes import (existing_dir, existing_file, float_range, int_range, output_dir,
-                       output_file)
-from .config import (BATCH_BY, DEEP_OUTPUTS, SELECT_METRICS, ModelConfig, ServeOptions,
-                     TrainConfig)
-from .decoding import MAX_BEAM, MAX_CAPTION_WORDS
+from .argtypes import existing_dir, existing_file, float_range, int_range, output_dir, output_file
+from .config import MAX_CAPTION_WORDS, ModelConfig, ServeOptions, TrainConfig
+from .fields import FieldError
+from .flags import add_flags
+from .registry import ATTENTIONS, READERS
 
 
 def _add_prepare(sub) -> None:
-    """``prepare <format>``: one subcommand per registered dataset format (``data.readers``),
-    each with the format's own flags and the ones every format shares."""
-    from .data.readers import readers
-    from .models.encoder import ENCODERS
+    """``prepare <format>``: one subcommand per registered dataset format, each with the
+    format's own flags and the ones every format shares."""
+    from .data.prepare import FeatureSpec
 
     p = sub.add_parser("prepare", help="turn a dataset into a prepared folder (vocabulary, "
                        "manifests, optional encoder features)")
     kinds = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for reader in readers():
-        k = kinds.add_parser(reader.name, help=reader.help)
+    for name, reader in READERS.items():
+        k = kinds.add_parser(name, help=reader.help)
         reader.add_arguments(k)
         k.add_argument("--out", required=True, type=output_dir,
                        help="prepared folder to write (must be empty or new)")
@@ -34,125 +38,23 @@ def _add_prepare(sub) -> None:
                        help="keep words seen this often in train (default: %(default)s)")
         k.add_argument("--max-len", type=int_range(1, MAX_CAPTION_WORDS), default=20,
                        help="longest caption in words (default: %(default)s)")
-        k.add_argument("--features", metavar="ENCODER", default=None, choices=sorted(ENCODERS),
-                       help="also compute frozen-encoder features once into a float16 memmap "
-                       f"({', '.join(sorted(ENCODERS))})")
-        k.add_argument("--grid", type=int_range(1, 64), default=None,
-                       help="feature grid side (default: the encoder's native grid)")
-        k.add_argument("--image-size", type=int_range(16, 4096), default=None,
-                       help="encoder input side (default: the encoder's own)")
-        k.add_argument("--batch-size", type=int_range(1), default=32,
-                       help="images per encoder batch (default: %(default)s)")
         k.add_argument("--workers", type=int_range(0, 64), default=2,
                        help="image loading processes (default: %(default)s)")
+        add_flags(k.add_argument_group("features"), FeatureSpec, dest="features.")
         k.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _add_model_args(p) -> None:
-    from .models.attention import ATTENTIONS
-    from .models.encoder import ENCODERS
-
-    g = p.add_argument_group("model")
-    g.add_argument("--encoder", default=None, choices=sorted(ENCODERS), metavar="NAME",
-                   help=f"{', '.join(sorted(ENCODERS))} (default: the data's features, else tiny)")
-    g.add_argument("--attention", default=ModelConfig.attention, choices=sorted(ATTENTIONS),
-                   help="attention kind (default: %(default)s)")
-    g.add_argument("--grid", type=int_range(1, 64), default=None, metavar="N",
-                   help="feature grid side, N x N locations (default: the encoder's)")
-    g.add_argument("--fine-tune", type=int_range(-1), default=None, metavar="N",
-                   help="train the encoder's last N blocks (-1: all; default: tiny all, "
-                   "pretrained none)")
-    for name, what in (("embed_dim", "word embedding size m"), ("hidden_dim", "LSTM size n"),
-                       ("attention_dim", "attention MLP size")):
-        g.add_argument("--" + name.replace("_", "-"), type=int_range(1, 65536),
-                       default=getattr(ModelConfig, name), help=f"{what} (default: %(default)s)")
-    g.add_argument("--dropout", type=float_range(0, 1, max_exclusive=True),
-                   default=ModelConfig.dropout, help="before the output layer (default: "
-                   "%(default)s)")
-    g.add_argument("--alpha-c", type=float_range(0), default=ModelConfig.alpha_c,
-                   help="lambda of the doubly stochastic term, eq. 14 (default: %(default)s)")
-    g.add_argument("--no-gate", action="store_true", help="drop the beta gate (4.2.1)")
-    g.add_argument("--deep-output", choices=DEEP_OUTPUTS, default=ModelConfig.deep_output,
-                   help="eq. 7 as printed (linear) or with the tanh of the authors' code "
-                   "(default: %(default)s)")
-    for kind, cls in sorted(ATTENTIONS.items()):  # each kind's own options: --KIND-OPTION
-        for f in fields(cls.Options):
-            g.add_argument(f"--{kind}-{f.name.replace('_', '-')}", dest=f"{kind}_{f.name}",
-                           type=type(f.default), default=f.default,
-                           choices=f.metadata.get("choices"),
-                           help=f"{kind} attention: {f.metadata.get('help', f.name)} "
-                           "(default: %(default)s)")
-
-
 def _add_train(sub) -> None:
-    from .objectives import OBJECTIVES
-
     p = sub.add_parser("train", help="train a captioner on a prepared folder")
-    p.add_argument("--data", type=existing_dir, help="prepared folder (`captioner prepare`)")
-    p.add_argument("--out", required=True, type=output_dir,
-                   help="run folder (checkpoints, metrics.jsonl); one run per folder")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly (a larger --epochs/--max-steps "
                    "extends a finished one)")
-    _add_model_args(p)
-    g = p.add_argument_group("training")
-    t = TrainConfig
-    g.add_argument("--init", type=existing_file, default=None, metavar="CKPT",
-                   help="start from this checkpoint's model with a fresh optimizer")
-    g.add_argument("--objective", choices=sorted(OBJECTIVES), default=t.objective,
-                   help="likelihood (xe) or self-critical CIDEr-D (scst) (default: %(default)s)")
-    g.add_argument("--epochs", type=int_range(1), default=t.epochs, help="(default: %(default)s)")
-    g.add_argument("--max-steps", type=int_range(0), default=t.max_steps,
-                   help="stop after this many steps (default 0: no limit)")
-    g.add_argument("--max-minutes", type=float_range(0), default=t.max_minutes,
-                   help="stop after this much wall time (default 0: no limit)")
-    g.add_argument("--batch-size", type=int_range(1), default=t.batch_size,
-                   help="images (or captions, --batch-by caption) per step (default: %(default)s)")
-    g.add_argument("--batch-by", choices=BATCH_BY, default=t.batch_by,
-                   help="a batch is images with all their captions, or (image, caption) pairs "
-                   "(default: %(default)s)")
-    g.add_argument("--lr", type=float_range(0, min_exclusive=True), default=t.lr,
-                   help="Adam learning rate (default: %(default)s)")
-    g.add_argument("--encoder-lr", type=float_range(0, min_exclusive=True), default=None,
-                   help="for the encoder blocks trained (default: --lr)")
-    g.add_argument("--weight-decay", type=float_range(0), default=t.weight_decay,
-                   help="on weight matrices only (default: %(default)s)")
-    g.add_argument("--grad-clip", type=float_range(0), default=t.grad_clip,
-                   help="gradient norm clip, 0: none (default: %(default)s)")
-    g.add_argument("--label-smoothing", type=float_range(0, 1, max_exclusive=True),
-                   default=t.label_smoothing, help="(default: %(default)s)")
-    g.add_argument("--scst-samples", type=int_range(2, 100), default=t.scst_samples,
-                   help="captions drawn per image by scst (default: %(default)s)")
-    g.add_argument("--scst-choices", action="store_true",
-                   help="--objective scst rewards the attention's own draws too (hard "
-                   "attention samples its locations and REINFORCE trains them with the words; "
-                   "default: the words only, hard attention reading its expected context)")
-    g.add_argument("--select-by", choices=SELECT_METRICS, default=t.select_by,
-                   help="val score that keeps best.safetensors, decays the lr and stops early "
-                   "(default: %(default)s)")
-    g.add_argument("--lr-decay", type=float_range(0, 1, min_exclusive=True, max_exclusive=True),
-                   default=t.lr_decay,
-                   help="lr factor when the val score does not improve (default: %(default)s)")
-    g.add_argument("--lr-patience", type=int_range(0), default=t.lr_patience,
-                   help="epochs without improvement before decaying (default: %(default)s)")
-    g.add_argument("--early-stop", type=int_range(1), default=t.early_stop,
-                   help="stop after this many epochs without improvement (default: %(default)s)")
-    g.add_argument("--val-beam-size", type=int_range(1, MAX_BEAM), default=t.val_beam_size,
-                   help="beam size of validation decoding (default: %(default)s)")
-    g.add_argument("--val-max-images", type=int_range(0), default=t.val_max_images,
-                   help="validate on this many val images (default 0: all)")
-    g.add_argument("--save-every", type=int_range(0), default=t.save_every,
-                   help="steps between last.safetensors saves, 0: epochs only (default: "
-                   "%(default)s)")
-    g.add_argument("--keep-epochs", action="store_true",
-                   help="also keep each epoch's weights as epochN.safetensors (for `captioner "
-                   "average` or an ensemble of epochs)")
-    g.add_argument("--seed", type=int_range(0), default=t.seed, help="(default: %(default)s)")
-    g.add_argument("--num-workers", type=int_range(0, 64), default=t.num_workers,
-                   help="data loading processes (default: %(default)s)")
-    g.add_argument("--logdir", default=t.logdir, help="TensorBoard folder (default: none)")
-    g.add_argument("--amp", action="store_true", help="bfloat16 mixed precision on CUDA")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("model")
+    add_flags(g, ModelConfig, dest="model.")
+    for kind, cls in ATTENTIONS.items():  # each kind's own options: --KIND-OPTION
+        add_flags(g, cls.Options, prefix=f"{kind}-", dest=f"options.{kind}.",
+                  help_prefix=f"{kind} attention: ")
+    add_flags(p.add_argument_group("training"), TrainConfig, dest="train.")
 
 
 def _add_model_arg(p) -> None:
@@ -182,29 +84,22 @@ def _images_after_models(args, parser: argparse.ArgumentParser) -> None:
     args.model = models[:n] or None
 
 
-def _add_decode_args(p, n_best: bool = True) -> None:
-    """The flags of one ``DecodeOptions``; ``decode_options(args)`` builds it."""
-    from .decoding import DecodeOptions, strategy_names
+def _add_decode_args(p, skip: tuple[str, ...] = ()) -> None:
+    """The flags of one ``DecodeOptions``; ``commands.decode_options(args)`` builds it."""
+    from .decoding import DecodeOptions
 
     _add_model_arg(p)
-    g = p.add_argument_group("decoding")
-    g.add_argument("--strategy", choices=strategy_names(), default=DecodeOptions.strategy,
-                   help="how captions are decoded (default: %(default)s)")
-    g.add_argument("--beam-size", type=int_range(1, MAX_BEAM), default=DecodeOptions.beam_size,
-                   metavar="K",
-                   help=f"beams per image, 1 to {MAX_BEAM} (default: %(default)s)")
-    if n_best:
-        g.add_argument("--n-best", type=int_range(1, MAX_BEAM), default=DecodeOptions.n_best,
-                       metavar="N",
-                       help="captions per image, at most --beam-size (default: %(default)s)")
-    g.add_argument("--length-penalty", type=float_range(0), default=DecodeOptions.length_penalty,
-                   help="rank by log p / length ** this (default %(default)s: plain "
-                   "log-probability)")
+    add_flags(p.add_argument_group("decoding"), DecodeOptions, dest="decode.", skip=skip)
+
+
+def _add_threads(p) -> None:
+    p.add_argument("--threads", type=int_range(1, 1024), default=None,
+                   help="CPU threads for the model (default: PyTorch's, the core count)")
 
 
 def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="BLEU-1..4 and COCO metrics of a checkpoint on a split")
-    _add_decode_args(ev, n_best=False)
+    _add_decode_args(ev, skip=("n_best",))
     ev.add_argument("--data", required=True, type=existing_dir, help="prepared folder")
     ev.add_argument("--split", default="test", help="split to score (default: %(default)s)")
     ev.add_argument("--results", default=None, type=output_file((".json",)),
@@ -229,30 +124,22 @@ def _add_caption(sub) -> None:
                      help="images per model batch (default: %(default)s)")
     cap.add_argument("--workers", type=int_range(0, 64), default=2,
                      help="image decoding processes (default: %(default)s)")
+    _add_threads(cap)
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
-    o = ServeOptions()
     _add_model_arg(srv)
-    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: "
-                     "%(default)s, this machine only)")
-    srv.add_argument("--port", type=int_range(0, 65535), default=8000,
-                     help="port to listen on, 0: any free one (default: %(default)s)")
-    srv.add_argument("--max-upload-mb", type=float_range(0, 1024, min_exclusive=True),
-                     default=o.max_upload_mb, help="largest image upload (default: %(default)s)")
-    srv.add_argument("--max-batch", type=int_range(1, 256), default=o.max_batch,
-                     help="most images captioned in one batch (default: %(default)s)")
-    srv.add_argument("--max-wait-ms", type=float_range(0, 10_000), default=o.max_wait_ms,
-                     help="how long a batch waits for more requests (default: %(default)s)")
+    add_flags(srv, ServeOptions, dest="serve.")
+    _add_threads(srv)
 
 
 def _add_attend(sub) -> None:
     from .visualize import FIGURE_FORMATS
 
     att = sub.add_parser("attend", help="write the attention figure of an image's caption")
-    _add_decode_args(att, n_best=False)
+    _add_decode_args(att, skip=("n_best",))
     att.add_argument("image", nargs="?", metavar="IMAGE")
     att.add_argument("-o", "--out", required=True, type=output_file(FIGURE_FORMATS),
                      help=f"figure to write, its format from the suffix "
@@ -276,15 +163,13 @@ def _add_average(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    from .models.attention import ATTENTIONS
-
     demo = sub.add_parser("demo", help="the whole pipeline on the built-in shapes data: "
                           "prepare, train (~5 min on CPU), evaluate, caption, attention figures")
     demo.add_argument("--home", default=None, help="where to work (default $CAPTIONER_HOME or "
                       "~/.cache/captioner)")
     demo.add_argument("--minutes", type=float_range(0, min_exclusive=True), default=5.0,
                       help="training time budget (default: %(default)s)")
-    demo.add_argument("--attention", default="soft", choices=sorted(ATTENTIONS),
+    demo.add_argument("--attention", default="soft", choices=ATTENTIONS.names(),
                       help="attention kind (default: %(default)s)")
     demo.add_argument("--fresh", action="store_true", help="retrain even if a demo model exists")
 
@@ -312,11 +197,20 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
                 _no_abbreviations(sub)
 
 
-def given_flags(argv: list[str]) -> set[str]:
-    """The option flags written on the command line (as argparse dests: ``--max-steps`` ->
-    ``max_steps``), so that a value left at its default can be told from one given."""
-    return {arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv
-            if arg.startswith("--") and len(arg) > 2}
+def _flag_of(parser: argparse.ArgumentParser, argv: list[str], field: str) -> str:
+    """The flag a FieldError's dotted field path came from (``decode.n_best`` of
+    ``--n-best``; ``attention_options.hard.entropy`` of ``--hard-entropy``), else the path."""
+    parts = field.split(".")
+    if parts[0] == "attention_options" and len(parts) == 3:
+        return f"--{parts[1]}-{parts[2]}".replace("_", "-")
+    name = parts[-1]
+    sub = next((a.choices[argv[0]] for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction) and argv and argv[0] in a.choices),
+               parser)
+    for action in sub._actions:
+        if action.option_strings and action.dest.split(".")[-1] == name:
+            return action.option_strings[0]
+    return field
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,12 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("caption", "attend"):
         _images_after_models(args, parser)
-    args.given = given_flags(argv) & set(vars(args))
     from . import commands
     from .errors import UserError
 
     try:
         return getattr(commands, args.command)(args) or 0
+    except FieldError as exc:  # a value refused when its config was built: as argparse says it
+        print(f"captioner {args.command}: error: argument {_flag_of(parser, argv, exc.field)}: "
+              f"{exc.problem}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, UserError) as exc:
         # every user-facing error is one line naming the file or flag
         print(f"captioner {args.command}: error: {exc}", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import fields, replace
 from pathlib import Path
 
 from .config import ModelConfig, TrainConfig
@@ -13,8 +12,15 @@ from .config import ModelConfig, TrainConfig
 
 def prepare(args) -> int:
     from .data.prepare import FeatureSpec, claim_output, interrupted, prepare as run_prepare
-    from .data.readers import get_reader
     from .errors import UserError
+    from .flags import given
+    from .registry import READERS
+
+    feature_flags = given(args, FeatureSpec, "features.")
+    spec = FeatureSpec(**feature_flags) if "encoder" in feature_flags else None
+    if feature_flags and spec is None:
+        flag = next(iter(feature_flags)).replace("_size", "").replace("_", "-")
+        raise ValueError(f"--{flag} sets up the features: it needs --features ENCODER")
 
     out = Path(args.out)
     created = claim_output(out, args.overwrite)  # before any work: never mixes two datasets
@@ -22,13 +28,9 @@ def prepare(args) -> int:
         print(f"{out}: continuing an interrupted prepare (features already encoded are kept "
               "where the images and encoder are the same)", file=sys.stderr)
     try:
-        records = get_reader(args.source).read(args)
-        spec = None
-        if args.features:
-            spec = FeatureSpec(args.features, args.grid, args.image_size, args.batch_size,
-                               args.workers)
+        records = READERS.get(args.source).read(args)
         report = run_prepare(records, out, args.source, args.min_count, args.max_len, spec,
-                             not args.no_progress)
+                             not args.no_progress, args.workers)
     except BaseException as exc:
         if not isinstance(exc, (UserError, ValueError)) and interrupted(out):  # keep the work
             print(f"{out}: prepare stopped; run the same command again to continue from the "
@@ -44,36 +46,21 @@ def prepare(args) -> int:
     return 0
 
 
-def model_config_from_args(args) -> tuple[ModelConfig, bool]:
-    """The ModelConfig the flags describe, and whether --encoder was given."""
-    from .models.attention import ATTENTIONS
-
-    options = {f.name: getattr(args, f"{args.attention}_{f.name}")
-               for f in fields(ATTENTIONS[args.attention].Options)}
-    config = ModelConfig(vocab_size=0, encoder=args.encoder or "tiny", attention=args.attention,
-                         fine_tune_blocks=args.fine_tune, embed_dim=args.embed_dim,
-                         hidden_dim=args.hidden_dim, attention_dim=args.attention_dim,
-                         dropout=args.dropout, alpha_c=args.alpha_c, gate=not args.no_gate,
-                         deep_output=args.deep_output, attention_options=options)
-    if args.grid:
-        config = replace(config, grid_size=args.grid)
-    return config, args.encoder is not None
-
-
 def train(args) -> int:
-    from .train import train as run_train
+    from .flags import given
+    from .registry import ATTENTIONS
+    from .train import resume, train as new_run
 
-    if not args.resume and not args.data:
-        raise ValueError("--data is required (a folder written by `captioner prepare`)")
-    model_config, encoder_given = model_config_from_args(args)
-    names = {f for f in TrainConfig.__dataclass_fields__} - {"data", "out", "progress", "init"}
-    train_config = TrainConfig(data=args.data or "", out=args.out, progress=not args.no_progress,
-                               init=args.init or "", **{k: getattr(args, k) for k in names})
+    model = given(args, ModelConfig, "model.")
+    options = {kind: found for kind, cls in ATTENTIONS.items()
+               if (found := given(args, cls.Options, f"options.{kind}."))}
+    if options:
+        model["attention_options"] = options
+    settings = given(args, TrainConfig, "train.")
     if args.resume:
-        from .resume import resume_flags
-
-        train_config = resume_flags(args, train_config, model_config)
-    result = run_train(model_config, train_config, args.resume, encoder_given)
+        result = resume(args.__dict__["train.out"], model, settings)
+    else:
+        result = new_run(model, TrainConfig(**settings))
     if result.rank != 0:
         return 0
     last = result.run_dir / "last.safetensors"
@@ -95,9 +82,17 @@ def train(args) -> int:
 def decode_options(args):
     """The DecodeOptions the decoding flags describe (``cli._add_decode_args``)."""
     from .decoding import DecodeOptions
+    from .flags import given
 
-    return DecodeOptions(strategy=args.strategy, beam_size=args.beam_size,
-                         n_best=getattr(args, "n_best", 1), length_penalty=args.length_penalty)
+    return DecodeOptions(**given(args, DecodeOptions, "decode."))
+
+
+def set_threads(threads: int | None) -> None:
+    """``--threads``: the CPU threads PyTorch runs the model on (None: its default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def evaluate(args) -> int:
@@ -124,6 +119,7 @@ def caption(args) -> int:
 
     options = decode_options(args)
     paths = find_images(args.images)
+    set_threads(args.threads)
     cap = Captioner.load(args.model)
     results = ResultsFile(args.output) if args.output else None
     todo = [p for p in paths if results is None or p not in results.done]
@@ -140,7 +136,7 @@ def caption(args) -> int:
                 elif results is None:
                     for c in r.captions:
                         print(f"{escape(r.path)}\t{c.text}"
-                              + (f"\t{c.score:.3f}" if args.n_best > 1 else ""), flush=True)
+                              + (f"\t{c.score:.3f}" if options.n_best > 1 else ""), flush=True)
             if results is not None:
                 results.append([r.record() for r in batch])
             bar.update(len(batch))
@@ -154,21 +150,23 @@ def serve(args) -> int:
     import uvicorn
 
     from .config import ServeOptions
+    from .flags import given
     from .inference import Captioner, default_model_path
     from .serve import create_app, describe_model
 
+    settings = ServeOptions(**given(args, ServeOptions, "serve."))
+    set_threads(args.threads)
     cap = Captioner.load(args.model)
     info = describe_model(cap, args.model or [default_model_path()])
-    app = create_app(cap, info, ServeOptions(max_batch=args.max_batch,
-                                             max_wait_ms=args.max_wait_ms,
-                                             max_upload_mb=args.max_upload_mb))
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    app = create_app(cap, info, settings)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
     kind = f"{info['encoder']} / {info['attention']} model"
     if "members" in info:
         kind = f"ensemble of {len(info['members'])} models (the first {kind})"
     print(f"captioner serve: {kind} on {cap.device}; "
-          f"page and API at http://{host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+          f"page and API at http://{host}:{settings.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                access_log=False)
     return 0
 
 

@@ -23,13 +23,13 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     everything is. Returns the test metrics."""
     from dataclasses import replace
 
-    from .data.prepare import prepare
     from .data.dataset import PreparedData
+    from .data.prepare import prepare
     from .data.shapes import DEFAULT_COUNTS, generate
     from .decoding import DecodeOptions
     from .evaluate import evaluate_checkpoint
     from .inference import Captioner, captioner_home
-    from .train import train
+    from .train import resume, train
     from .visualize import caption_figure
 
     root = Path(home) if home else captioner_home()
@@ -51,10 +51,11 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
         print(f"[2/4] using the trained model {best} (--fresh retrains)")
     else:
         print(f"[2/4] training {attention} attention for up to {minutes:g} min -> {run_dir}")
-        cfg = replace(DEMO_TRAIN, data=str(data_dir), out=str(run_dir), max_minutes=minutes)
-        resume = (run_dir / "last.safetensors").exists()
-        result = train(replace(DEMO_MODEL, attention=attention), cfg, resume=resume,
-                       encoder_given=True)
+        if (run_dir / "last.safetensors").exists():  # an interrupted demo goes on
+            result = resume(run_dir, train={"max_minutes": minutes})
+        else:
+            cfg = replace(DEMO_TRAIN, data=str(data_dir), out=str(run_dir), max_minutes=minutes)
+            result = train(replace(DEMO_MODEL, attention=attention), cfg)
         print(f"      {result.step} steps, {result.epochs_text}, best val "
               f"{result.select_by} {result.best_score:.3f}")
     print("[3/4] evaluating on the test split (beam 3)")

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from .models.decoder import DecoderOutput
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -61,16 +56,6 @@ def reinforce(log_likelihood: torch.Tensor, sample_log_prob: torch.Tensor, entro
         "reinforce": -reward_scale * (advantage * log_p_s).sum() / n_words,
         "entropy": -entropy_coef * (entropy * mask).sum() / n_words,
     }
-
-
-def caption_losses(output: "DecoderOutput", alpha_c: float = 0.0, label_smoothing: float = 0.0
-                   ) -> dict[str, torch.Tensor]:
-    """The likelihood's loss terms for a teacher-forced batch: cross-entropy and, with
-    ``alpha_c``, the doubly stochastic term. (An attention kind adds its own terms.)"""
-    terms = {"ce": cross_entropy(output.logits, output.targets, output.mask, label_smoothing)}
-    if alpha_c:
-        terms["doubly_stochastic"] = doubly_stochastic(output.alpha, output.mask, alpha_c)
-    return terms
 
 
 def self_critical(log_prob: torch.Tensor, rewards: torch.Tensor, n_words: torch.Tensor

@@ -10,9 +10,24 @@ from typing import Any
 
 import torch
 
-from .argtypes import describe_bounds
+from .checkpoint_format import fail as _fail
 from .config import TrainConfig
-from .validate_checkpoint import Bound, _fail, _is_int, _is_number, _shown, _within, check_config_json
+from .fields import FieldError, Spec, bounds_text, shown as _shown, within
+
+
+def _bounds(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False) -> Spec:
+    """The bounds of one number of the training state."""
+    return Spec(min=lo, max=hi, min_open=lo_open, max_open=hi_open)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
 
 def _get(obj: Any, name: str, path, label: str) -> Any:
     if not isinstance(obj, dict):
@@ -22,14 +37,14 @@ def _get(obj: Any, name: str, path, label: str) -> Any:
     return obj[name]
 
 
-def _number(value: Any, path, where: str, bound: Bound = Bound(), integer: bool = False,
+def _number(value: Any, path, where: str, bound: Spec = Spec(), integer: bool = False,
             infinite: bool = False) -> None:
     kind = "an integer" if integer else "a number" if infinite else "a finite number"
     ok = _is_int(value) if integer else (
         (_is_int(value) or isinstance(value, float)) and not math.isnan(value)
         and (infinite or math.isfinite(value)))
-    if not ok or not _within(value, bound):
-        _fail(path, where, " ".join(filter(None, [f"must be {kind}", describe_bounds(*bound)]))
+    if not ok or not within(value, bound):
+        _fail(path, where, " ".join(filter(None, [f"must be {kind}", bounds_text(bound)]))
               + f", got {_shown(value)}")
 
 
@@ -41,12 +56,12 @@ def _byte_tensor(value: Any, path, where: str, numel: int | None = None) -> None
 
 
 #: the resume loop counters: name -> (integer?, bound)
-LOOP = {"step": (True, Bound(0)), "epoch": (True, Bound(0)), "batch": (True, Bound(0)),
-        "bad_epochs": (True, Bound(0))}
+LOOP = {"step": (True, _bounds(0)), "epoch": (True, _bounds(0)), "batch": (True, _bounds(0)),
+        "bad_epochs": (True, _bounds(0))}
 #: ReduceLROnPlateau's state that its load_state_dict takes without looking
-SCHEDULER = {"factor": (False, Bound(0, 1, True, True)), "patience": (True, Bound(0)),
-             "cooldown": (True, Bound(0)), "cooldown_counter": (True, Bound(0)),
-             "num_bad_epochs": (True, Bound(0)), "last_epoch": (True, Bound(0))}
+SCHEDULER = {"factor": (False, _bounds(0, 1, True, True)), "patience": (True, _bounds(0)),
+             "cooldown": (True, _bounds(0)), "cooldown_counter": (True, _bounds(0)),
+             "num_bad_epochs": (True, _bounds(0)), "last_epoch": (True, _bounds(0))}
 
 
 def check_train_state(train: Any, path: str | Path) -> None:
@@ -58,18 +73,28 @@ def check_train_state(train: Any, path: str | Path) -> None:
     ``rng`` holds generator states and Python's. Raises ``ValueError("{path}: field train.X:
     {problem}")``."""
     t = "train."
-    check_config_json(_get(train, "train_config", path, t), TrainConfig, path, t + "train_config.")
+    try:
+        TrainConfig.from_dict(_get(train, "train_config", path, t))
+    except FieldError as exc:
+        _fail(path, f"{t}train_config.{exc.field}", exc.problem)
     use = train.get("use_features", False)  # kept by runs saved before the data told it
     if not isinstance(use, bool):
         _fail(path, t + "use_features", f"must be true or false, got {_shown(use)}")
+    _check_loop(_get(train, "loop", path, t), path, t + "loop.")
+    groups = _check_optimizer(_get(train, "optimizer", path, t), path, t + "optimizer.")
+    _check_scheduler(_get(train, "scheduler", path, t), path, t + "scheduler.", len(groups))
+    _check_rng(_get(train, "rng", path, t), path, t + "rng.")
 
-    loop = _get(train, "loop", path, t)
+
+def _check_loop(loop: Any, path, at: str) -> None:
     for name, (integer, bound) in LOOP.items():
-        _number(_get(loop, name, path, t + "loop."), path, t + "loop." + name, bound, integer)
+        _number(_get(loop, name, path, at), path, at + name, bound, integer)
     best = "best_score" if "best_score" in loop or "best_bleu4" not in loop else "best_bleu4"
-    _number(_get(loop, best, path, t + "loop."), path, t + "loop." + best)
+    _number(_get(loop, best, path, at), path, at + best)
 
-    opt, o = _get(train, "optimizer", path, t), t + "optimizer."
+
+def _check_optimizer(opt: Any, path, o: str) -> list:
+    """The optimizer's state; returns its parameter groups."""
     groups = _get(opt, "param_groups", path, o)
     if not isinstance(groups, list) or not groups:
         _fail(path, o + "param_groups", f"must be a non-empty list, got {_shown(groups)}")
@@ -81,10 +106,10 @@ def check_train_state(train: Any, path: str | Path) -> None:
                 or ids & set(params) or len(set(params)) != len(params):
             _fail(path, g + "params", "must be a list of distinct parameter ids")
         ids |= set(params)
-        _number(_get(group, "lr", path, g), path, g + "lr", Bound(0))
+        _number(_get(group, "lr", path, g), path, g + "lr", _bounds(0))
         for name in ("eps", "weight_decay"):
             if name in group:
-                _number(group[name], path, g + name, Bound(0))
+                _number(group[name], path, g + name, _bounds(0))
         betas = group.get("betas", (0, 0))
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2
                 and all(_is_number(b) and 0 <= b < 1 for b in betas)):
@@ -95,18 +120,21 @@ def check_train_state(train: Any, path: str | Path) -> None:
     for pid, value in state.items():
         if pid not in ids or not isinstance(value, dict):
             _fail(path, f"{o}state.{pid}", "is not the state of a parameter of any group")
+    return groups
 
-    sched, s = _get(train, "scheduler", path, t), t + "scheduler."
+
+def _check_scheduler(sched: Any, path, s: str, groups: int) -> None:
     for name, (integer, bound) in SCHEDULER.items():
         _number(_get(sched, name, path, s), path, s + name, bound, integer)
     _number(_get(sched, "best", path, s), path, s + "best", infinite=True)  # starts at -inf
     min_lrs = _get(sched, "min_lrs", path, s)
-    if not isinstance(min_lrs, list) or len(min_lrs) != len(groups) or \
+    if not isinstance(min_lrs, list) or len(min_lrs) != groups or \
             not all(_is_number(v) and v >= 0 for v in min_lrs):
-        _fail(path, s + "min_lrs", f"must be {len(groups)} numbers >= 0 (one per parameter "
+        _fail(path, s + "min_lrs", f"must be {groups} numbers >= 0 (one per parameter "
                                    f"group), got {_shown(min_lrs)}")
 
-    rng, r = _get(train, "rng", path, t), t + "rng."
+
+def _check_rng(rng: Any, path, r: str) -> None:
     _byte_tensor(_get(rng, "torch", path, r), path, r + "torch", torch.get_rng_state().numel())
     _byte_tensor(_get(rng, "generator", path, r), path, r + "generator")
     for i, cuda in enumerate(rng.get("cuda", [])):
@@ -119,5 +147,3 @@ def check_train_state(train: Any, path: str | Path) -> None:
         ok = False
     if not ok:
         _fail(path, r + "python", "must be the JSON of Python's random.getstate()")
-
-

@@ -42,5 +42,5 @@ def shapes_features_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes_feats")
     records = generate(out, {"train": 40, "val": 10, "test": 10}, seed=1)
     prepare(records, out, "shapes", min_count=1, progress=False,
-            features=FeatureSpec("tiny", grid_size=4, num_workers=0))
+            features=FeatureSpec("tiny", grid_size=4), workers=0)
     return out

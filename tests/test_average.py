@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from captioner.average import average_checkpoints
 from captioner.checkpoint import load_checkpoint, load_model, save_checkpoint
@@ -11,8 +12,6 @@ from captioner.cli import main
 from captioner.models import build_model
 from captioner.search import beam_search
 from captioner.vocab import Vocabulary
-
-from conftest import tiny_config
 
 
 def _vocab(n=20, word="w"):
@@ -95,7 +94,7 @@ def test_run_averages_the_epochs_up_to_or_just_past_its_best(shapes_features_dir
     def run(name, keep):
         cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / name), epochs=5,
                           batch_size=8, select_by="CIDEr-D", keep_epochs=keep, progress=False)
-        train(tiny_config(grid_size=4), cfg, encoder_given=False)
+        train(tiny_config(encoder=None, grid_size=4), cfg)
         return tmp_path / name
 
     kept = run("kept", keep=True)

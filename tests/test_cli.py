@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from captioner.cli import main
 from captioner.config import TrainConfig
 from captioner.train import train
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +143,7 @@ def test_every_subcommand_has_help(capsys):
 def test_each_attention_option_flag_says_what_it_does(capsys):
     from dataclasses import fields
 
+    from captioner.fields import spec_of
     from captioner.models.attention import ATTENTIONS
 
     with pytest.raises(SystemExit):
@@ -151,8 +151,8 @@ def test_each_attention_option_flag_says_what_it_does(capsys):
     usage = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
     for kind, cls in ATTENTIONS.items():
         for f in fields(cls.Options):
-            assert f.metadata.get("help"), f"{kind}'s option {f.name} has no help"
-            described = " ".join(f.metadata["help"].split())
+            assert spec_of(f).help, f"{kind}'s option {f.name} has no help"
+            described = " ".join(spec_of(f).help.split())
             assert f"{kind} attention: {described} (default: {f.default})" in usage
 
 

@@ -8,17 +8,16 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from captioner.data.dataset import PreparedData
-from captioner.decoding import MAX_BEAM, STRATEGIES, DecodeOptions, decode, register_strategy
+from captioner.decoding import MAX_BEAM, STRATEGIES, DecodeOptions, decode
 from captioner.evaluate import decode_split, evaluate_checkpoint
 from captioner.inference import Captioner
 from captioner.losses import caption_log_likelihood
 from captioner.models import build_model
 from captioner.search import Hypothesis, banned_mask, beam_search, greedy
 from captioner.vocab import Vocabulary
-
-from conftest import tiny_config
 
 END = Vocabulary.end_id
 FIRST_WORD = 4  # the first word after <pad> <start> <end> <unk>
@@ -154,18 +153,18 @@ def toy_strategy():
     """Registers "toy" (every image: the one-word caption FIRST_WORD) for one test, recording
     what each call received; the registry is as before afterwards."""
     calls = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(STRATEGIES, "toy", None)  # so that setitem restores the registry after
-        del STRATEGIES["toy"]
 
-        @register_strategy("toy")
-        def toy(decoder, features, options):
-            calls.append((features.shape, options))
-            p = features.shape[1]
-            return [[Hypothesis([FIRST_WORD], -1.5, -1.5, torch.full((1, p), 1 / p), True)]
-                    for _ in range(features.shape[0])]
+    @STRATEGIES.register("toy")
+    def toy(decoder, features, options):
+        calls.append((features.shape, options))
+        p = features.shape[1]
+        return [[Hypothesis([FIRST_WORD], -1.5, -1.5, torch.full((1, p), 1 / p), True)]
+                for _ in range(features.shape[0])]
 
+    try:
         yield calls
+    finally:
+        STRATEGIES.unregister("toy")
     assert "toy" not in STRATEGIES
     with pytest.raises(ValueError, match="strategy"):
         DecodeOptions(strategy="toy")

@@ -9,14 +9,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 
 from captioner.data.shapes_eval import AttentionCorrectnessEvaluator, box_coverage, named_objects
 from captioner.evaluate import score
-from captioner.metrics import (EVALUATORS, CorpusEvaluator, DatasetEvaluators, EvaluationOptions,
-                               Evaluator, Prediction, build_evaluators, coco_metrics, corpus_bleu,
-                               evaluator_names, register_evaluator, registry)
-
-from conftest import SHARED
+from captioner.metrics import (
+    CorpusEvaluator,
+    DatasetEvaluators,
+    EvaluationOptions,
+    Evaluator,
+    Prediction,
+    build_evaluators,
+    coco_metrics,
+    corpus_bleu,
+)
+from captioner.registry import EVALUATORS
 
 HYPS = [["a", "dog", "runs", "on", "the", "green", "grass"],
         ["two", "people", "ride", "bikes", "down", "a", "city", "street"],
@@ -153,9 +160,9 @@ def test_composite_refuses_two_evaluators_reporting_the_same_key():
     assert merged == {"a": 1.0, "b": 2.0}
 
 
-@pytest.mark.parametrize("name", evaluator_names())
+@pytest.mark.parametrize("name", EVALUATORS.names())
 def test_every_registered_evaluator_accumulates_batches_and_resets(name):
-    ev = EVALUATORS[name](EvaluationOptions(coco=name == "coco", meteor=False))
+    ev = EVALUATORS.get(name)(EvaluationOptions(coco=name == "coco", meteor=False))
     assert ev is not None
     preds = _predictions()
     ev.reset()
@@ -184,11 +191,23 @@ def test_score_reports_the_keys_the_readme_and_scripts_read():
     assert results[0]["image_id"] == 0  # COCO ids are numbers
 
 
-def test_a_new_metric_is_one_registered_evaluator(monkeypatch):
-    evaluator_names()  # the built-ins first
-    monkeypatch.setattr(registry, "EVALUATORS", dict(registry.EVALUATORS))
+@pytest.fixture
+def registered():
+    """Registers evaluators for one test (``registered(name, factory)``); gone afterwards."""
+    names = []
 
-    @register_evaluator("mean_length")
+    def add(name, factory):
+        EVALUATORS.names()  # the built-ins first
+        names.append(name)
+        return EVALUATORS.register(name, factory)
+
+    yield add
+    for name in names:
+        EVALUATORS.unregister(name)
+
+
+def test_a_new_metric_is_one_registered_evaluator(registered):
+    @lambda factory: registered("mean_length", factory)
     def _mean_length(options):
         class MeanLength(CorpusEvaluator):
             def evaluate(self):
@@ -201,10 +220,8 @@ def test_a_new_metric_is_one_registered_evaluator(monkeypatch):
     assert list(metrics)[-1] == "mean_length"  # after the built-ins
 
 
-def test_a_registered_evaluator_that_reuses_a_key_fails_score(monkeypatch):
-    evaluator_names()
-    monkeypatch.setattr(registry, "EVALUATORS", dict(registry.EVALUATORS))
-    register_evaluator("images_again")(lambda options: _Fixed({"images": 1.0}))
+def test_a_registered_evaluator_that_reuses_a_key_fails_score(registered):
+    registered("images_again", lambda options: _Fixed({"images": 1.0}))
     with pytest.raises(ValueError, match=r"'images'.*'images'.*'images_again'"):
         score(_predictions(), coco=False)
 
@@ -213,7 +230,7 @@ def test_unknown_or_twice_registered_evaluator_names_raise():
     with pytest.raises(ValueError, match="unknown evaluator 'nope'; known: bleu"):
         build_evaluators(names=["nope"])
     with pytest.raises(ValueError, match="'bleu' is already registered"):
-        register_evaluator("bleu")(lambda options: None)
+        EVALUATORS.register("bleu")(lambda options: None)
 
 
 def test_metrics_never_import_the_shapes_grammar():

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from captioner.config import ModelConfig
-from captioner.losses import (caption_log_likelihood, caption_losses, cross_entropy,
-                              doubly_stochastic, reinforce)
+from captioner.losses import caption_log_likelihood, cross_entropy, doubly_stochastic, reinforce
 from captioner.models import ATTENTIONS, ENCODERS, build_model
 from captioner.models.attention import Attention, AttentionOutput, SoftAttention
 from captioner.models.encoder import get_backbone
-
-from conftest import tiny_config
+from captioner.objectives import caption_losses
+from captioner.objectives.reinforce import choice_terms
 
 # Encoders whose forward runs here in seconds; the torchvision ones (ResNet-50/101/152, VGG-16)
 # are checked for their blocks and feature size below, their forward is too slow for the suite.
@@ -31,7 +31,7 @@ def _batch(vocab=20, n=4, max_len=7, seed=0):
     return caps, lengths
 
 
-@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+@pytest.mark.parametrize("attention", ATTENTIONS.names())
 def test_output_shapes_and_alpha_sums_to_one(attention):
     model = build_model(tiny_config(attention)).train()
     images = torch.randn(4, 3, 64, 64)
@@ -87,7 +87,7 @@ def test_missing_pretrained_weights_give_one_clear_error(monkeypatch, tmp_path):
         get_backbone("resnet50", pretrained=True)
 
 
-@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+@pytest.mark.parametrize("attention", ATTENTIONS.names())
 def test_gradients_reach_every_trainable_parameter(attention):
     options = {"expected_prob": 0.0} if attention == "hard" else {}  # hard: always sample
     model = build_model(tiny_config(attention, attention_options=options)).train()
@@ -95,7 +95,7 @@ def test_gradients_reach_every_trainable_parameter(attention):
     out = model(torch.randn(4, 3, 64, 64), caps, lengths,
                 generator=torch.Generator().manual_seed(0))
     terms = {**caption_losses(out, model.config.alpha_c),
-             **model.decoder.attention.loss_terms(out)}
+             **choice_terms(model.decoder.attention, out, rerun=None)}
     assert (attention == "hard") == ("reinforce" in terms)
     sum(terms.values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad
@@ -246,25 +246,25 @@ def test_reinforce_advantage_sign_is_right_for_one_baseline_or_one_per_caption()
 def _hard_terms(baseline: str, dropout: float = 0.0):
     """A hard model's teacher-forced batch with sampled locations; its loss terms with a rerun
     that replays the RNG, as the likelihood objective's does; what the rerun saw."""
-    from captioner.objectives import _replayed, _rng_state
+    from captioner.objectives.base import replayed, rng_state
 
     model = build_model(tiny_config("hard", dropout=dropout, attention_options={
         "expected_prob": 0.0, "entropy": 0.0, "baseline": baseline})).train()
     feats = torch.randn(4, 16, model.config.feature_dim)
     caps, lengths = _batch()
     g = torch.Generator().manual_seed(1)
-    rng = _rng_state(torch.device("cpu"))
+    rng = rng_state(torch.device("cpu"))
     out = model(feats, caps, lengths, generator=g, encoded=True)
     seen = []
 
     def rerun():
-        with torch.no_grad(), _replayed(rng, torch.device("cpu")):
+        with torch.no_grad(), replayed(rng, torch.device("cpu")):
             seen.append((model(feats, caps, lengths, generator=g, encoded=True), g.get_state()))
         return seen[-1][0]
 
     before = model.decoder.attention.baseline.clone()
     g_state = g.get_state()
-    terms = model.decoder.attention.loss_terms(out, rerun)
+    terms = choice_terms(model.decoder.attention, out, rerun)
     return model, out, terms, seen, before, g_state
 
 
@@ -302,31 +302,36 @@ def test_hard_expected_baseline_reruns_nothing_on_an_expected_context_batch():
         "expected_prob": 1.0, "baseline": "expected"})).train()
     caps, lengths = _batch()
     out = model(torch.randn(4, 16, model.config.feature_dim), caps, lengths, encoded=True)
-    terms = model.decoder.attention.loss_terms(out, rerun=lambda: pytest.fail("reran"))
+    terms = choice_terms(model.decoder.attention, out, rerun=lambda: pytest.fail("reran"))
     assert terms["reinforce"] == 0
 
 
 def test_hard_attention_refuses_an_unknown_baseline():
-    with pytest.raises(ValueError, match="HardAttention baseline must be one of moving, "
-                                         "expected, not 'median'"):
-        build_model(tiny_config("hard", attention_options={"baseline": "median"}))
+    with pytest.raises(ValueError, match="attention_options.baseline: must be one of moving, "
+                                         "expected, got \"median\""):
+        tiny_config("hard", attention_options={"baseline": "median"})
 
 
 def test_unknown_attention_and_encoder_names_list_the_known_ones():
-    with pytest.raises(ValueError, match="unknown attention 'nope'; known: hard, soft"):
-        build_model(tiny_config("nope"))
-    with pytest.raises(ValueError, match=r"unknown encoder 'nope'; known: .*efficientnet_lite0.*tiny"):
-        build_model(tiny_config(encoder="nope"))
+    with pytest.raises(ValueError, match="attention: must be one of soft, hard, got \"nope\""):
+        tiny_config("nope")
+    with pytest.raises(ValueError, match=r"encoder: must be one of tiny, .*efficientnet_lite0"):
+        tiny_config(encoder="nope")
+    with pytest.raises(ValueError, match="unknown encoder 'nope'; known: tiny, resnet50"):
+        get_backbone("nope")
 
 
-def test_a_new_attention_kind_plugs_in_without_touching_the_decoder(monkeypatch):
+def test_a_new_attention_kind_plugs_in_without_touching_the_decoder():
     class Uniform(Attention):
         def forward(self, features, projected, hidden, generator=None):
             alpha = torch.full(features.shape[:2], 1.0 / features.shape[1])
             return AttentionOutput(features.mean(1), alpha)
 
-    monkeypatch.setitem(ATTENTIONS, "uniform", Uniform)
-    model = build_model(tiny_config("uniform"))
+    ATTENTIONS.register("uniform", Uniform)
+    try:
+        model = build_model(tiny_config("uniform"))
+    finally:
+        ATTENTIONS.unregister("uniform")
     caps, lengths = _batch()
     out = model(torch.randn(4, 16, model.config.feature_dim), caps, lengths, encoded=True)
     assert torch.allclose(out.alpha[out.mask], torch.full((int(out.mask.sum()), 16), 1 / 16))
@@ -347,7 +352,7 @@ def test_frozen_encoder_keeps_its_weights_and_batchnorm_statistics():
 def test_config_round_trips_through_a_dict():
     config = build_model(tiny_config("hard")).config
     assert ModelConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+    with pytest.raises(ValueError, match="bogus: unknown field of ModelConfig"):
         ModelConfig.from_dict({**config.to_dict(), "bogus": 1})
 
 
@@ -400,7 +405,7 @@ def test_training_gradients_of_the_attention_weights_are_those_of_the_papers_for
 @pytest.mark.parametrize("kind,inference", [("soft", "expected"), ("hard", "expected"),
                                             ("hard", "argmax")])
 def test_beams_can_share_their_images_features_without_copies(kind, inference):
-    from captioner.models.attention import build_attention
+    from captioner.models.decoder import build_attention
 
     torch.manual_seed(0)
     options = {"inference": inference} if kind == "hard" else {}
@@ -435,7 +440,7 @@ def test_deep_output_tanh_squashes_the_sum_before_the_word_layer():
 
 
 
-def test_the_likelihood_objectives_rerun_replays_the_batchs_dropout_masks():
+def test_the_likelihood_objectives_rerun_replays_the_batchs_dropout_masks(monkeypatch):
     from contextlib import nullcontext
 
     from captioner.config import TrainConfig
@@ -450,13 +455,13 @@ def test_the_likelihood_objectives_rerun_replays_the_batchs_dropout_masks():
                   [], [], [], True)
     seen = {}
 
-    def loss_terms(out, rerun):
+    def choice_terms(attention, out, rerun):
         rng = torch.get_rng_state()
         seen["out"], seen["again"] = out, rerun()
         seen["rng_kept"] = torch.equal(torch.get_rng_state(), rng)
         return {}
 
-    model.decoder.attention.loss_terms = loss_terms
+    monkeypatch.setattr("captioner.objectives.likelihood.choice_terms", choice_terms)
     Likelihood(ctx, TrainConfig(), None).loss(batch)
     assert torch.equal(seen["again"].logits, seen["out"].logits)  # the same dropout masks
     assert not seen["again"].logits.requires_grad and seen["out"].logits.requires_grad

@@ -7,20 +7,18 @@ import json
 
 import numpy as np
 import pytest
+import skimage.data as skdata  # a declared dependency: a broken install fails, never skips
+from conftest import tiny_config
 from PIL import Image
 
 from captioner.config import TrainConfig
+from captioner.data.dataset import PreparedData
 from captioner.data.karpathy import read_karpathy
 from captioner.data.prepare import FeatureSpec, prepare
-from captioner.data.dataset import PreparedData
 from captioner.decoding import DecodeOptions
 from captioner.evaluate import decode_split
 from captioner.inference import Captioner
 from captioner.train import train
-
-from conftest import tiny_config
-
-import skimage.data as skdata  # a declared dependency: a broken install fails, never skips
 
 
 def _photos(folder):
@@ -56,10 +54,10 @@ def test_caption_of_an_image_file_equals_the_caption_from_prepared_features(tmp_
     spec.write_text(json.dumps({"images": images}))
     data_dir = tmp_path / "data"
     prepare(read_karpathy(spec, tmp_path / "images"), data_dir, "karpathy", min_count=1,
-            progress=False, features=FeatureSpec(encoder, grid_size=4, num_workers=0))
+            progress=False, features=FeatureSpec(encoder, grid_size=4), workers=0)
     run = tmp_path / "run"
-    train(tiny_config(hidden_dim=32), TrainConfig(data=str(data_dir), out=str(run), batch_size=2,
-                                                  max_steps=4, progress=False), encoder_given=False)
+    train(tiny_config(encoder=None, hidden_dim=32), TrainConfig(data=str(data_dir), out=str(run), batch_size=2,
+                                                  max_steps=4, progress=False))
     cap = Captioner.load(run / "best.safetensors", device="cpu")
     data = PreparedData(data_dir)
     from_features = decode_split(cap.model, cap.vocab, data, "val", DecodeOptions(beam_size=3))

@@ -12,9 +12,9 @@ from PIL import Image
 from captioner.cli import main
 from captioner.config import ModelConfig
 from captioner.data.coco import read_coco
+from captioner.data.dataset import FEATURE_DTYPE, PreparedData, collate
 from captioner.data.karpathy import read_karpathy
 from captioner.data.prepare import FeatureSpec, PrepareError, prepare
-from captioner.data.dataset import FEATURE_DTYPE, PreparedData, collate
 from captioner.data.records import ImageRecord
 from captioner.vocab import Vocabulary
 
@@ -250,7 +250,7 @@ def test_tiny_features_memmap_rows_align_with_the_manifest(photos, tmp_path):
     records = read_karpathy(write_karpathy(tmp_path / "d.json", [
         karpathy_entry(n, "val" if n == "coffee_flip" else "train") for n in names]), photos)
     out = tmp_path / "feats"
-    spec = FeatureSpec("tiny", grid_size=2, batch_size=3, num_workers=0)
+    spec = FeatureSpec("tiny", grid_size=2, batch_size=3)
     report = prepare(records, out, "karpathy", min_count=1, features=spec, progress=False)
     assert report.kept == {"train": 4, "val": 1}
     assert len(report.skipped) == 3
@@ -466,11 +466,11 @@ def test_an_interrupted_prepare_run_again_with_another_grid_encodes_everything_a
     calls_before_stop = 3
     with pytest.raises(KeyboardInterrupt):
         prepare(records, out, "karpathy", min_count=1, progress=False,
-                features=FeatureSpec("tiny", grid_size=2, batch_size=2, num_workers=0))
+                features=FeatureSpec("tiny", grid_size=2, batch_size=2), workers=0)
     loaded.clear()
     calls_before_stop = 0
     prepare(records, out, "karpathy", min_count=1, progress=False,
-            features=FeatureSpec("tiny", grid_size=3, batch_size=2, num_workers=0))
+            features=FeatureSpec("tiny", grid_size=3, batch_size=2), workers=0)
     assert loaded == [0, 1, 2, 3]  # the grid 2 rows were of no use
     assert assert_memmap_rows_align(out, "train").shape == (4, 9, 128)
 

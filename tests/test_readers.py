@@ -9,24 +9,25 @@ import pytest
 from PIL import Image
 
 from captioner.cli import main
-from captioner.data import readers as readers_module
 from captioner.data.dataset import PreparedData
-from captioner.data.readers import get_reader, readers, register_reader
+from captioner.data.readers import Reader
 from captioner.data.records import ImageRecord
+from captioner.registry import READERS
 from captioner.vocab import DEFAULT_MIN_COUNT
 
 
-@pytest.fixture
-def toy_format(monkeypatch):
-    """A format `toy` registered here only: --count grey squares captioned by their shade."""
-    readers()  # the built-ins first
-    monkeypatch.setattr(readers_module, "READERS", dict(readers_module.READERS))
+class ToyReader(Reader):
+    """--count grey squares captioned by their shade."""
 
+    help = "grey squares, for a test"
+    min_count = 2
+
+    @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--count", type=int, required=True, help="images per split")
 
-    @register_reader("toy", "grey squares, for a test", add_arguments, min_count=2)
-    def read_toy(args: argparse.Namespace) -> list[ImageRecord]:
+    @staticmethod
+    def read(args: argparse.Namespace) -> list[ImageRecord]:
         records = []
         for split in ("train", "val"):
             for i in range(args.count):
@@ -38,7 +39,13 @@ def toy_format(monkeypatch):
                                            [["a", shade, "square"], ["a", "square"]]))
         return records
 
-    return read_toy
+
+@pytest.fixture
+def toy_format():
+    """The format `toy`, registered for one test only."""
+    READERS.register("toy", ToyReader)
+    yield ToyReader
+    READERS.unregister("toy")
 
 
 def test_a_format_registered_in_a_test_prepares_a_folder(toy_format, tmp_path, capsys):
@@ -49,7 +56,7 @@ def test_a_format_registered_in_a_test_prepares_a_folder(toy_format, tmp_path, c
     assert data.meta["source"] == "toy" and data.meta["splits"] == {"train": 3, "val": 3}
     assert data.meta["min_count"] == 2  # the format's own default
     assert "dark" in data.vocab.stoi and "light" not in data.vocab.stoi  # seen once in train
-    assert "toy" in [r.name for r in readers()]
+    assert READERS.names()[-1] == "toy"
 
 
 def test_a_formats_own_flags_are_required_and_documented(toy_format, tmp_path, capsys):
@@ -61,10 +68,11 @@ def test_a_formats_own_flags_are_required_and_documented(toy_format, tmp_path, c
     assert "grey squares, for a test" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("reader", readers(), ids=lambda r: r.name)
-def test_every_registered_format_is_a_prepare_subcommand_with_the_shared_flags(reader, capsys):
+@pytest.mark.parametrize("name", READERS.names())
+def test_every_registered_format_is_a_prepare_subcommand_with_the_shared_flags(name, capsys):
+    reader = READERS.get(name)
     with pytest.raises(SystemExit) as exc:
-        main(["prepare", reader.name, "--help"])
+        main(["prepare", name, "--help"])
     assert exc.value.code == 0
     usage = capsys.readouterr().out
     for flag in ("--out", "--min-count", "--max-len", "--features", "--no-progress"):
@@ -73,13 +81,13 @@ def test_every_registered_format_is_a_prepare_subcommand_with_the_shared_flags(r
 
 
 def test_builtin_formats_and_their_vocabulary_thresholds():
-    assert [r.name for r in readers()][:3] == ["shapes", "karpathy", "coco"]
-    assert get_reader("shapes").min_count == 1  # every word of the tiny grammar
-    assert get_reader("karpathy").min_count == get_reader("coco").min_count == DEFAULT_MIN_COUNT
+    assert READERS.names()[:3] == ["shapes", "karpathy", "coco"]
+    assert READERS.get("shapes").min_count == 1  # every word of the tiny grammar
+    assert READERS.get("karpathy").min_count == READERS.get("coco").min_count == DEFAULT_MIN_COUNT
 
 
 def test_unknown_or_twice_registered_formats_raise():
     with pytest.raises(ValueError, match="unknown dataset format 'nope'; known: shapes"):
-        get_reader("nope")
+        READERS.get("nope")
     with pytest.raises(ValueError, match="'coco' is already registered"):
-        register_reader("coco", "another", lambda parser: None)(lambda args: [])
+        READERS.register("coco", ToyReader)

@@ -6,17 +6,18 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from captioner.config import TrainConfig
 from captioner.data.dataset import PreparedData, collate
+from captioner.fields import FieldError
 from captioner.losses import caption_log_likelihood, self_critical
-from captioner.models import build_model
 from captioner.metrics import CiderD
+from captioner.models import build_model
+from captioner.plan import new_run
 from captioner.search import banned_mask, sample
 from captioner.train import Trainer, TrainingError
 from captioner.vocab import Vocabulary
-
-from conftest import tiny_config
 
 END, PAD = Vocabulary.end_id, Vocabulary.pad_id
 
@@ -142,7 +143,7 @@ def test_self_critical_raises_captions_that_beat_their_siblings():
 def test_scst_steps_raise_the_reward_of_a_batch(shapes_features_dir, tmp_path):
     cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "run"), objective="scst",
                       lr=1e-2, batch_size=8, progress=False)
-    trainer = Trainer(tiny_config(), cfg, encoder_given=False)
+    trainer = Trainer(new_run(tiny_config(), cfg))
     batch = collate([trainer.dataset[i] for i in range(8)])
     rewards = [trainer.train_step(batch)["reward"] for _ in range(40)]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
@@ -162,12 +163,16 @@ def test_scst_runs_from_the_command_line_and_bad_settings_are_refused(shapes_fea
                  "--max-steps", "2", "--batch-size", "4", "--no-progress"]) == 0
     lines = (tmp_path / "scst" / "metrics.jsonl").read_text()
     assert '"val/BLEU-4"' in lines
-    for bad, match in ((dict(objective="rl"), "--objective must be one of scst, xe"),
-                       (dict(objective="scst", batch_by="caption"), "needs --batch-by image"),
-                       (dict(objective="scst", scst_samples=1), "--scst-samples >= 2")):
-        cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "bad"), **bad)
-        with pytest.raises(TrainingError, match=match):
-            Trainer(tiny_config(), cfg)
+    for bad, match in ((dict(objective="rl"), "objective: must be one of xe, scst"),
+                       (dict(objective="scst", batch_by="caption"),
+                        "batch_by: --objective scst needs image batches"),
+                       (dict(objective="scst", scst_samples=1),
+                        "scst_samples: must be an integer between 2 and 100, got 1")):
+        with pytest.raises(FieldError, match=match):
+            TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "bad"), **bad)
+    flags = ["train", "--data", str(shapes_features_dir), "--out", str(tmp_path / "bad")]
+    assert main([*flags, "--objective", "scst", "--batch-by", "caption"]) == 2
+    assert not (tmp_path / "bad").exists()  # refused before any work
 
 
 def test_hard_attention_draws_its_locations_only_when_choosing():
@@ -211,7 +216,7 @@ def test_scst_over_choices_rewards_words_and_locations(shapes_features_dir, tmp_
 
     cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "run"), objective="scst",
                       batch_size=4, progress=False, scst_choices=True)
-    trainer = Trainer(tiny_config("hard"), cfg, encoder_given=False)
+    trainer = Trainer(new_run(tiny_config("hard"), cfg))
     batch = collate([trainer.dataset[i] for i in range(4)])
     objective, model = trainer.objective, trainer.model
     state = trainer.generator.get_state()
@@ -229,10 +234,9 @@ def test_scst_over_choices_rewards_words_and_locations(shapes_features_dir, tmp_
     assert float(terms["scst"].detach()) != pytest.approx(
         float(self_critical(drawn.log_prob, rewards, words.sum()).detach()), rel=1e-3)
 
-    for bad, attention, match in ((dict(scst_choices=True), "soft", "draws nothing to train"),
-                                  (dict(objective="xe", scst_choices=True), "hard",
-                                   "needs --objective scst")):
-        bad_cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "bad"),
-                              **{"objective": "scst", **bad})
-        with pytest.raises((TrainingError, ValueError), match=match):
-            Trainer(tiny_config(attention), bad_cfg)
+    bad_cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "bad"),
+                          objective="scst", scst_choices=True)
+    with pytest.raises(ValueError, match="draws nothing to train"):
+        Trainer(new_run(tiny_config("soft"), bad_cfg))
+    with pytest.raises(FieldError, match="scst_choices: needs --objective scst"):
+        TrainConfig(objective="xe", scst_choices=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -22,8 +23,6 @@ from captioner.models import build_model
 from captioner.serve import create_app, describe_model
 from captioner.serve.batching import Batcher
 from captioner.vocab import Vocabulary
-
-from conftest import tiny_config
 
 
 def random_checkpoint(shapes_dir: Path, path: Path) -> Path:
@@ -144,7 +143,7 @@ def _big(size: int) -> bytes:
     ("beam size -1", 422, "beam_size: input should be greater than or equal to 1"),
     ("beam size above the cap", 422, "beam_size: input should be less than or equal to 20"),
     ("beam size not a number", 422, "beam_size: input should be a valid integer"),
-    ("n-best above beam size", 422, "n_best (4) must be at most beam_size (2)"),
+    ("n-best above beam size", 422, "n_best: must be at most beam_size (2), got 4"),
     ("negative length penalty", 422, "length_penalty: input should be greater than or equal"),
     ("length penalty nan", 422, "length_penalty: input should be"),
     ("not multipart", 422, "images: no file field"),
@@ -287,7 +286,10 @@ def test_a_streamed_body_over_the_limit_is_cut_off_with_413(client, images):
 
 def test_serve_binds_to_this_machine_only_unless_told():
     from captioner.cli import build_parser
+    from captioner.config import ServeOptions
+    from captioner.flags import given
 
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.max_upload_mb, args.model) == ("127.0.0.1", 8000, 20.0,
-                                                                       None)
+    settings = ServeOptions(**given(args, ServeOptions, "serve."))
+    assert (settings.host, settings.port, settings.max_upload_mb, args.model) == (
+        "127.0.0.1", 8000, 20.0, None)

@@ -12,23 +12,25 @@ import subprocess
 import sys
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import tiny_config
 
 from captioner.checkpoint import load_checkpoint
 from captioner.config import TrainConfig
 from captioner.data.dataset import PreparedData, collate
 from captioner.distributed import leave_group
 from captioner.errors import UserError
-from captioner.losses import caption_losses
+from captioner.fields import FieldError
 from captioner.models import build_model
-from captioner.train import TrainingError, TrainResult, epoch_batches, train
-
-from conftest import tiny_config
+from captioner.objectives import caption_losses
+from captioner.objectives.reinforce import choice_terms
+from captioner.train import TrainingError, TrainResult, epoch_batches, resume, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--embed-dim", "8", "--hidden-dim", "16", "--attention-dim", "8", "--dropout", "0.1",
@@ -54,7 +56,7 @@ def test_overfits_a_handful_of_shapes_images(shapes_dir, attention):
     for _ in range(120):
         out = model(batch.inputs, batch.captions, batch.lengths, batch.image_index, g)
         terms = {**caption_losses(out, model.config.alpha_c),
-                 **model.decoder.attention.loss_terms(out)}
+                 **choice_terms(model.decoder.attention, out, rerun=None)}
         opt.zero_grad()
         sum(terms.values()).backward()
         opt.step()
@@ -125,17 +127,19 @@ def test_two_process_gloo_ddp_trains(shapes_dir, tmp_path):
 def _fake_clock(monkeypatch, step_seconds) -> dict:
     """Training's clock made to move only while a step runs, ``step_seconds(step)`` for each
     (the step count before it); returns the clock, ``{"t": seconds}``, to move by hand."""
-    import captioner.train as training
+    import captioner.loop as loop
+    import captioner.trainer as trainer
 
     clock = {"t": 0.0}
-    step = training.Trainer.train_step
+    step = trainer.Trainer.train_step
 
     def timed_step(self, batch):
         clock["t"] += step_seconds(self.state["step"])
         return step(self, batch)
 
-    monkeypatch.setattr(training.Trainer, "train_step", timed_step)
-    monkeypatch.setattr(training, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+    monkeypatch.setattr(trainer.Trainer, "train_step", timed_step)
+    for module in (loop, trainer):
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
     return clock
 
 
@@ -155,8 +159,7 @@ def test_a_resumed_run_adds_its_wall_time_to_the_time_it_had(shapes_dir, tmp_pat
     first = train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=20))
     assert first.minutes == pytest.approx(1.0)  # 20 steps of 3 s
     clock["t"] += 1000.0  # the time between the two processes is not the run's
-    second = train(tiny_config(), _config(shapes_dir, run, batch_size=2, max_steps=40),
-                   resume=True)
+    second = resume(run, train={"max_steps": 40})
     assert second.minutes == pytest.approx(2.0) and "2.0 min" in second.time_text
     assert load_checkpoint(run / "last.safetensors").train["seconds"] == pytest.approx(120.0)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -195,7 +198,7 @@ def _config(data, out, **kw):
 
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         shapes_dir, tmp_path, monkeypatch):
-    import captioner.objectives as objectives
+    import captioner.objectives.likelihood as likelihood
 
     calls = {"n": 0}
 
@@ -206,7 +209,7 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
             terms["ce"] = terms["ce"] * float("nan")
         return terms
 
-    monkeypatch.setattr(objectives, "caption_losses", poisoned)
+    monkeypatch.setattr(likelihood, "caption_losses", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"loss became nan at step 4.*last\.safetensors"):
         train(tiny_config(), _config(shapes_dir, run, batch_size=4, max_steps=20, save_every=2))
@@ -224,19 +227,20 @@ def test_resume_on_data_with_another_vocabulary_is_refused(shapes_dir, tmp_path)
     other = tmp_path / "other"
     prepare(generate(other, {"train": 3}, seed=9), other, "shapes", min_count=1, progress=False)
     with pytest.raises(TrainingError, match="different vocabulary"):
-        train(tiny_config(), _config(other, run), resume=True)
+        resume(run, train={"data": str(other)})
     with pytest.raises(UserError, match="already holds a run .*; use --resume"):
         train(tiny_config(), _config(shapes_dir, run))
 
 
 def test_training_on_precomputed_features_uses_the_encoder_that_made_them(
         shapes_features_dir, tmp_path):
-    from captioner.checkpoint import load_model
     from safetensors.torch import load_file
 
+    from captioner.checkpoint import load_model
+
     run = tmp_path / "run"
-    result = train(tiny_config(), _config(shapes_features_dir, run, batch_size=4, max_steps=3),
-                   encoder_given=False)
+    result = train(tiny_config(encoder=None, grid_size=None),
+                   _config(shapes_features_dir, run, batch_size=4, max_steps=3))
     assert result.step == 3
     model, _, ckpt = load_model(run / "last.safetensors")
     assert ckpt.config.fine_tune_blocks == 0 and ckpt.config.grid_size == 4
@@ -262,13 +266,18 @@ def test_init_starts_from_a_checkpoints_weights_with_a_fresh_optimizer(shapes_di
     first, second = tmp_path / "first", tmp_path / "second"
     train(tiny_config(), _config(shapes_dir, first, batch_size=4, max_steps=3))
     start = load_checkpoint(first / "last.safetensors")
-    # the model config comes from the checkpoint, whatever the flags say
-    other = tiny_config(hidden_dim=start.config.hidden_dim * 2)
-    result = train(other, _config(shapes_dir, second, batch_size=4, max_steps=1,
-                                  init=str(first / "last.safetensors")))
+    init = str(first / "last.safetensors")
+    # the model comes from the checkpoint: what its weights fix may not be given otherwise
+    with pytest.raises(ValueError, match=r"--init .* keeps the architecture of its model, but "
+                                         r"--hidden-dim 32 \(run: 16\)"):
+        train({"hidden_dim": 32}, _config(shapes_dir, second, init=init))
+    assert not second.exists() or not list(second.glob("*.safetensors"))
+    # what they do not fix may change: the dropout of the new run
+    result = train({"dropout": 0.25, "hidden_dim": 16},
+                   _config(shapes_dir, second, batch_size=4, max_steps=1, init=init))
     assert result.step == 1  # a new run: its own step count and optimizer
     after = load_checkpoint(second / "last.safetensors")
-    assert after.config == start.config
+    assert after.config == replace(start.config, dropout=0.25)
     assert after.train["train_config"]["init"].endswith("last.safetensors")
     params = [k for k, v in start.weights.items() if v.is_floating_point() and "running" not in k]
     moved = [k for k in params if not torch.equal(start.weights[k], after.weights[k])]
@@ -284,15 +293,14 @@ def test_init_from_a_checkpoint_with_another_vocabulary_is_refused(shapes_dir, t
     other = tmp_path / "other"
     prepare(generate(other, {"train": 3}, seed=9), other, "shapes", min_count=1, progress=False)
     with pytest.raises(TrainingError, match="different vocabulary"):
-        train(tiny_config(), _config(other, tmp_path / "b",
-                                     init=str(tmp_path / "a" / "last.safetensors")))
+        train({}, _config(other, tmp_path / "b", init=str(tmp_path / "a" / "last.safetensors")))
 
 
 def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):
     from captioner.data.dataset import CaptionPairs
 
     data = PreparedData(shapes_dir)
-    images = data.dataset("train", tiny_config())
+    images = data.dataset("train", build_model(tiny_config()).config)
     pairs = CaptionPairs(images)
     assert len(pairs) == sum(len(e["captions"]) for e in images.entries)
     k = len(images.entries[0]["captions"])
@@ -302,7 +310,7 @@ def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):
     result = train(tiny_config(), _config(shapes_dir, tmp_path / "run", batch_size=8,
                                           max_steps=2, batch_by="caption"))
     assert result.step == 2
-    with pytest.raises(TrainingError, match="--batch-by must be one of image, caption"):
+    with pytest.raises(FieldError, match="batch_by: must be one of image, caption"):
         train(tiny_config(), _config(shapes_dir, tmp_path / "bad", batch_by="word"))
 
 
@@ -364,7 +372,7 @@ def test_keep_epochs_keeps_each_epochs_weights_beside_last_and_best(shapes_dir, 
 
 
 def test_an_unknown_select_by_metric_is_refused(shapes_dir, tmp_path):
-    with pytest.raises(TrainingError, match="--select-by must be one of BLEU-4, CIDEr-D"):
+    with pytest.raises(FieldError, match="select_by: must be one of BLEU-4, CIDEr-D"):
         train(tiny_config(), _config(shapes_dir, tmp_path / "run", select_by="bleu"))
 
 
@@ -382,15 +390,18 @@ def test_a_mid_epoch_step_limit_then_resume_goes_on_as_if_it_had_not_stopped(sha
 
     monkeypatch.setattr(tr.Trainer, "validate", scripted)
 
-    def run(out, steps, resume=False):
+    def run(out, steps, again=False):
         cfg = _config(shapes_dir, tmp_path / out, batch_size=4, max_steps=steps, seed=3,
                       epochs=4, early_stop=50, lr_patience=0)
-        train(tiny_config(dropout=0.0), cfg, resume=resume)
+        if again:
+            resume(cfg.out, train={"max_steps": steps})
+        else:
+            train(tiny_config(dropout=0.0), cfg)
         return load_checkpoint(tmp_path / out / "last.safetensors")
 
     whole = run("whole", 40)
     run("parts", 8)
-    parts = run("parts", 40, resume=True)
+    parts = run("parts", 40, again=True)
     assert parts.train["loop"] == whole.train["loop"]  # both stopped at 40 in mid-epoch: 0.9
     assert whole.train["loop"]["bad_epochs"] == 1 and whole.train["loop"]["epoch_best"] == 0.5
     assert parts.train["scheduler"] == whole.train["scheduler"]

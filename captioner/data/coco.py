@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..argtypes import existing_dir, existing_file
 from ..fileio import read_json
+from ..registry import READERS
 from ..vocab import tokenize
-from .readers import register_reader
+from .readers import Reader
 from .records import SPLITS, ImageRecord
 
 
@@ -43,17 +44,24 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path, split: str) ->
     return records
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--annotations", required=True, type=existing_file,
-                        help="captions_train2014.json or similar")
-    parser.add_argument("--images", required=True, type=existing_dir,
-                        help="folder with the images it names")
-    parser.add_argument("--split", default=None, choices=list(SPLITS),
-                        help="split to file it under (default: from the file name, else train)")
-
-
-@register_reader("coco", "raw COCO caption annotations (captions_*.json)", _add_arguments)
-def _read(args: argparse.Namespace) -> list[ImageRecord]:
+@READERS.register("coco")
+class CocoReader(Reader):
     """`prepare coco`: one split, ``--split`` or the one the file name mentions, else train."""
-    split = args.split or next((s for s in SPLITS if s in Path(args.annotations).name), "train")
-    return read_coco(args.annotations, args.images, split)
+
+    help = "raw COCO caption annotations (captions_*.json)"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--annotations", required=True, type=existing_file,
+                            help="captions_train2014.json or similar")
+        parser.add_argument("--images", required=True, type=existing_dir,
+                            help="folder with the images it names")
+        parser.add_argument("--split", default=None, choices=list(SPLITS),
+                            help="split to file it under (default: from the file name, else "
+                                 "train)")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> list[ImageRecord]:
+        split = args.split or next((s for s in SPLITS if s in Path(args.annotations).name),
+                                   "train")
+        return read_coco(args.annotations, args.images, split)

@@ -120,6 +120,7 @@ class PreparedData:
         entries = self.manifest(split)
         if self.serves_features(config):
             return CaptionDataset(self, entries, features=self.root / "features" / f"{split}.f16")
+        assert config.preprocess is not None, "a built model's config says how to preprocess"
         return CaptionDataset(self, entries, preprocess=config.preprocess)
 
     def member_datasets(self, split: str, configs: list[ModelConfig]) -> "MemberDatasets":

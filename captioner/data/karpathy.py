@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ..argtypes import existing_dir, existing_file
 from ..fileio import read_json
+from ..registry import READERS
 from ..vocab import tokenize
-from .readers import register_reader
+from .readers import Reader
 from .records import ImageRecord
 
 
@@ -43,14 +44,20 @@ def read_karpathy(json_path: str | Path, image_dir: str | Path) -> list[ImageRec
     return records
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", required=True, type=existing_file, help="the split JSON file")
-    parser.add_argument("--images", required=True, type=existing_dir, help="folder the JSON's filepath/filename "
-                        "are relative to")
-
-
-@register_reader("karpathy", "a Karpathy split JSON (dataset_coco.json, dataset_flickr8k.json, "
-                 "...) and its image folder", _add_arguments)
-def _read(args: argparse.Namespace) -> list[ImageRecord]:
+@READERS.register("karpathy")
+class KarpathyReader(Reader):
     """`prepare karpathy`: ``read_karpathy(--json, --images)``."""
-    return read_karpathy(args.json, args.images)
+
+    help = ("a Karpathy split JSON (dataset_coco.json, dataset_flickr8k.json, ...) and its "
+            "image folder")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", required=True, type=existing_file,
+                            help="the split JSON file")
+        parser.add_argument("--images", required=True, type=existing_dir,
+                            help="folder the JSON's filepath/filename are relative to")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> list[ImageRecord]:
+        return read_karpathy(args.json, args.images)

@@ -19,10 +19,12 @@ from tqdm import tqdm
 
 from ..config import Preprocess
 from ..errors import UserError
+from ..fields import check, option
 from ..fileio import atomic_write, atomic_write_json
+from ..registry import ENCODERS
 from ..vocab import DEFAULT_MIN_COUNT, Vocabulary
-from .images import ImageError, build_transform, load_image
 from .dataset import FEATURE_DTYPE
+from .images import ImageError, build_transform, load_image
 from .records import SPLITS, ImageRecord
 
 
@@ -32,12 +34,21 @@ class PrepareError(UserError):
 
 @dataclass
 class FeatureSpec:
-    encoder: str
-    grid_size: int | None = None  # None: the encoder's native grid
-    image_size: int | None = None  # None: the encoder's default input size
-    batch_size: int = 32
-    num_workers: int = 2
-    seed: int = 0  # initialises an encoder without pretrained weights (tiny) reproducibly
+    """The frozen-encoder features ``prepare`` computes (``--features ENCODER`` and the flags
+    that go with it)."""
+
+    encoder: str = option(choices=ENCODERS, flag="--features", metavar="ENCODER",
+                          help="also compute frozen-encoder features once into a float16 memmap")
+    grid_size: int | None = option(None, min=1, max=64, flag="--grid", metavar="N",
+                                   help="feature grid side (default: the encoder's native grid)")
+    image_size: int | None = option(None, min=16, max=4096, help="encoder input side "
+                                    "(default: the encoder's own)")
+    batch_size: int = option(32, min=1, help="images per encoder batch")
+    seed: int = option(0, min=0, flag="", help="initialises an encoder without pretrained "
+                       "weights (tiny) reproducibly")
+
+    def __post_init__(self) -> None:
+        check(self)
 
 
 @dataclass
@@ -108,10 +119,11 @@ def claim_output(out: Path, overwrite: bool = False) -> bool:
 
 def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
             min_count: int = DEFAULT_MIN_COUNT,
-            max_len: int = 20, features: FeatureSpec | None = None, progress: bool = True
-            ) -> PrepareReport:
+            max_len: int = 20, features: FeatureSpec | None = None, progress: bool = True,
+            workers: int = 2) -> PrepareReport:
     """Check every image, build the vocabulary on train, write manifests and (optionally)
-    encoder features. Bad images are skipped and reported; PrepareError if none is usable.
+    encoder features, loading images in ``workers`` processes. Bad images are skipped and
+    reported; PrepareError if none is usable.
     Features are written with their progress (``features/SPLIT.progress.json``, after every
     batch): a prepare killed or interrupted mid-way continues where it stopped when run again
     into the same folder with the same images and encoder, and redoes a split where either
@@ -148,7 +160,7 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
             continue
         target = out / "features" / f"{split}.f16" if encoder else None
         kept_by_split[split] = _check_and_encode(recs, split, report, encoder, pre, target,
-                                                 features, progress)
+                                                 features, progress, workers)
     kept_by_split = {s: r for s, r in kept_by_split.items() if r}
     report.kept = {s: len(r) for s, r in kept_by_split.items()}
     if not kept_by_split:
@@ -200,11 +212,10 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _check_and_encode(records, split, report, encoder, pre, target, spec, progress):
+def _check_and_encode(records, split, report, encoder, pre, target, spec, progress, workers):
     """Load every image once (in worker processes); with an encoder, write the features of the
     good ones in order into a float16 memmap, truncated to the kept rows at the end, recording
     after each batch how far it got (``_Progress``) so that a rerun continues from there."""
-    workers = spec.num_workers if spec else min(2, os.cpu_count() or 1)
     batch = spec.batch_size if spec else 64
     kept: list[int] = []
     memmap, tmp, state = None, None, None

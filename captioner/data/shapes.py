@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..argtypes import int_range
-from .readers import register_reader
+from ..registry import READERS
+from .readers import Reader
 from .records import SPLITS, ImageRecord
 
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -80,22 +81,27 @@ def generate(out_dir: str | Path, counts: dict[str, int], seed: int = 0, size: i
     return records
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    for split in SPLITS:
-        parser.add_argument(f"--{split}", type=int_range(0), default=DEFAULT_COUNTS[split],
-                            help=f"{split} images (default: %(default)s)")
-    parser.add_argument("--size", type=int_range(16, 1024), default=IMAGE_SIZE,
-                        help="image side in pixels (default: %(default)s)")
-    parser.add_argument("--seed", type=int_range(0), default=0, help="(default: %(default)s)")
-
-
-# every word of the tiny grammar is seen often: keep them all (min_count 1)
-@register_reader("shapes", "generate the built-in synthetic shapes dataset", _add_arguments,
-                 min_count=1)
-def read_shapes(args: argparse.Namespace) -> list[ImageRecord]:
+@READERS.register("shapes")
+class ShapesReader(Reader):
     """`prepare shapes`: generate the images into ``args.out`` and return their records."""
-    counts = {split: getattr(args, split) for split in SPLITS}
-    return generate(args.out, counts, args.seed, args.size, progress=not args.no_progress)
+
+    help = "generate the built-in synthetic shapes dataset"
+    min_count = 1  # every word of the tiny grammar is seen often: keep them all
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        for split in SPLITS:
+            parser.add_argument(f"--{split}", type=int_range(0), default=DEFAULT_COUNTS[split],
+                                help=f"{split} images (default: %(default)s)")
+        parser.add_argument("--size", type=int_range(16, 1024), default=IMAGE_SIZE,
+                            help="image side in pixels (default: %(default)s)")
+        parser.add_argument("--seed", type=int_range(0), default=0,
+                            help="(default: %(default)s)")
+
+    @staticmethod
+    def read(args: argparse.Namespace) -> list[ImageRecord]:
+        counts = {split: getattr(args, split) for split in SPLITS}
+        return generate(args.out, counts, args.seed, args.size, progress=not args.no_progress)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..metrics.base import Evaluator, Prediction
-from ..metrics.registry import EvaluationOptions, register_evaluator
+from ..metrics.registry import EvaluationOptions
+from ..registry import EVALUATORS
 from .shapes import COLORS, IMAGE_SIZE, SHAPES, SIZES
 
 
@@ -73,6 +74,6 @@ class AttentionCorrectnessEvaluator(Evaluator):
                 "attention_words": float(len(self.scores))}
 
 
-@register_evaluator("attention_correctness")
+@EVALUATORS.register("attention_correctness")
 def _attention_correctness(options: EvaluationOptions) -> Evaluator:
     return AttentionCorrectnessEvaluator()

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..registry import EVALUATORS
 from .base import Evaluator, Prediction
-from .registry import EvaluationOptions, register_evaluator
+from .registry import EvaluationOptions
 
 
 def attention_entropy(alphas: list[torch.Tensor]) -> dict[str, float]:
@@ -36,6 +37,6 @@ class AttentionEntropyEvaluator(Evaluator):
         return attention_entropy(self.alphas)
 
 
-@register_evaluator("attention_entropy")
+@EVALUATORS.register("attention_entropy")
 def _attention_entropy(options: EvaluationOptions) -> Evaluator:
     return AttentionEntropyEvaluator()

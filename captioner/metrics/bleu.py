@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+
+from ..registry import EVALUATORS
 from .base import CorpusEvaluator, Evaluator
-from .registry import EvaluationOptions, register_evaluator
+from .registry import EvaluationOptions
 
 
 def corpus_bleu(hypotheses: list[list[str]], references: list[list[list[str]]]) -> dict[str, float]:
@@ -25,6 +27,6 @@ class BleuEvaluator(CorpusEvaluator):
         return corpus_bleu(self.hyps, self.refs) if self.hyps else {}
 
 
-@register_evaluator("bleu")
+@EVALUATORS.register("bleu")
 def _bleu(options: EvaluationOptions) -> Evaluator:
     return BleuEvaluator()

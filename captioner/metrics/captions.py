@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..registry import EVALUATORS
 from .base import Evaluator, Prediction
-from .registry import EvaluationOptions, register_evaluator
+from .registry import EvaluationOptions
 
 
 class ImagesEvaluator(Evaluator):
@@ -48,16 +49,16 @@ class VocabularyUsedEvaluator(Evaluator):
         return {"vocabulary_used": float(len(self.words))}
 
 
-@register_evaluator("distinct_captions")
+@EVALUATORS.register("distinct_captions")
 def _distinct_captions(options: EvaluationOptions) -> Evaluator:
     return DistinctCaptionsEvaluator()
 
 
-@register_evaluator("vocabulary_used")
+@EVALUATORS.register("vocabulary_used")
 def _vocabulary_used(options: EvaluationOptions) -> Evaluator:
     return VocabularyUsedEvaluator()
 
 
-@register_evaluator("images")
+@EVALUATORS.register("images")
 def _images(options: EvaluationOptions) -> Evaluator:
     return ImagesEvaluator()

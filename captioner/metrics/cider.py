@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 from pycocoevalcap.cider.cider_scorer import precook
 
+from ..registry import EVALUATORS
 from .base import CorpusEvaluator, Evaluator
-from .registry import EvaluationOptions, register_evaluator
+from .registry import EvaluationOptions
 
 Caption = Sequence[str]
 
@@ -90,7 +91,7 @@ class CiderDEvaluator(CorpusEvaluator):
         return {"CIDEr-D": sum(scores) / len(scores)}
 
 
-@register_evaluator("cider_d")
+@EVALUATORS.register("cider_d")
 def _cider_d(options: EvaluationOptions) -> Evaluator | None:
     # without pycocoevalcap's scorers, its CIDEr-D computed in process
     return None if options.coco else CiderDEvaluator()

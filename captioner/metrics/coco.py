@@ -8,8 +8,9 @@ import shutil
 import sys
 from collections.abc import Sequence
 
+from ..registry import EVALUATORS
 from .base import Evaluator, Prediction
-from .registry import EvaluationOptions, register_evaluator
+from .registry import EvaluationOptions
 
 
 def java_available() -> bool:
@@ -84,6 +85,6 @@ class CocoEvaluator(Evaluator):
         return {f"coco/{k}": v for k, v in coco_metrics(hyps, self.refs, self.meteor).items()}
 
 
-@register_evaluator("coco")
+@EVALUATORS.register("coco")
 def _coco(options: EvaluationOptions) -> Evaluator | None:
     return CocoEvaluator(options.meteor) if options.coco else None

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..config import DEEP_OUTPUTS, ModelConfig
-from .attention import build_attention
+from ..config import ModelConfig
+from ..registry import ATTENTIONS
+from .attention.base import Attention
 
 
 @dataclass
@@ -92,6 +93,13 @@ def prefixes(x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
     return [_Prefix.apply(token, x.detach(), n, buffer) for n in counts]
 
 
+def build_attention(config: ModelConfig) -> Attention:
+    """The attention kind ``config.attention`` with its ``attention_options``."""
+    cls = ATTENTIONS.get(config.attention)
+    return cls(config.feature_dim, config.hidden_dim, config.attention_dim,
+               cls.Options(**config.attention_options))
+
+
 class Decoder(nn.Module):
     """LSTM with attention, gating scalar beta (4.2.1) and the deep output layer (eq. 7)."""
 
@@ -108,9 +116,6 @@ class Decoder(nn.Module):
         self.L_z = nn.Linear(d, m)
         self.L_o = nn.Linear(m, config.vocab_size)
         self.dropout = nn.Dropout(config.dropout)
-        if config.deep_output not in DEEP_OUTPUTS:
-            raise ValueError(f"deep_output must be one of {DEEP_OUTPUTS}, "
-                             f"not {config.deep_output!r}")
         self.output_act = nn.Tanh() if config.deep_output == "tanh" else nn.Identity()
 
     @property

@@ -67,18 +67,23 @@ class CaptionModel(nn.Module):
 
 
 def build_model(config: ModelConfig, pretrained: bool | None = None) -> CaptionModel:
-    """Build the model ``config`` describes; fills in ``feature_dim`` from the encoder.
+    """Build the model ``config`` describes; fills in what it leaves to the encoder (the
+    encoder itself, ``tiny`` when None; ``grid_size``, ``preprocess``, ``feature_dim``,
+    ``fine_tune_blocks``).
 
     ``pretrained`` overrides ``config.pretrained`` (loading a checkpoint needs no ImageNet
     weights, since the checkpoint has them).
     """
-    backbone = get_backbone(config.encoder, config.pretrained if pretrained is None else pretrained)
+    name = config.encoder or "tiny"
+    backbone = get_backbone(name, config.pretrained if pretrained is None else pretrained)
     if config.feature_dim not in (0, backbone.feature_dim):
         raise ValueError(f"config feature_dim {config.feature_dim} does not match encoder "
-                         f"{config.encoder} ({backbone.feature_dim})")
+                         f"{name} ({backbone.feature_dim})")
     trainable = config.fine_tune_blocks
     if trainable is None:
         trainable = -1 if backbone.trainable_by_default else 0
-    config = replace(config, feature_dim=backbone.feature_dim, fine_tune_blocks=trainable)
+    config = replace(config, encoder=name, grid_size=config.grid_size or backbone.grid_size,
+                     feature_dim=backbone.feature_dim, fine_tune_blocks=trainable,
+                     preprocess=config.preprocess or backbone.preprocess)
     encoder = Encoder(backbone, config.grid_size, trainable)
     return CaptionModel(config, encoder)

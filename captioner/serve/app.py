@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,12 +27,10 @@ from ..inference import Caption, Captioner
 from .batching import Batcher
 from .errors import RequestError
 from .limits import BodyLimit
+from .query import query_dependency
 from .uploads import UploadReader
 
 STATIC = Path(__file__).parent / "static"
-#: the widest beam (and most captions per image) an HTTP client may ask for
-HTTP_MAX_BEAM = 20
-MAX_LENGTH_PENALTY = 5.0
 
 
 def caption_json(c: Caption, digits: int = 4) -> dict[str, Any]:
@@ -51,6 +49,9 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
     uploads = UploadReader(cap, settings.max_upload_mb, settings.decode_workers)
     max_images, max_upload_mb = settings.max_images, settings.max_upload_mb
     info = model_info or {"encoder": cap.model.config.encoder}
+    # the decoding options of DecodeOptions' HTTP fields, beams capped by this service
+    decoding = query_dependency(DecodeOptions, {"beam_size": settings.max_beam_size,
+                                                "n_best": settings.max_beam_size})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,23 +87,20 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
     async def model() -> dict[str, Any]:
         """The loaded model: encoder, attention kind, grid, vocabulary, training data,
         preprocessing, and the decoding bounds this service accepts."""
-        return {**info, "limits": {"max_beam_size": HTTP_MAX_BEAM, "max_images": max_images,
-                                   "max_upload_mb": max_upload_mb,
-                                   "max_length_penalty": MAX_LENGTH_PENALTY},
+        return {**info, "limits": {"max_beam_size": settings.max_beam_size,
+                                   "max_images": max_images, "max_upload_mb": max_upload_mb},
                 "defaults": DecodeOptions().to_dict()}
 
     @app.post("/v1/captions")
     async def captions(
         images: Annotated[list[UploadFile], File(description="one or more image files")],
-        beam_size: Annotated[int, Query(ge=1, le=HTTP_MAX_BEAM)] = DecodeOptions.beam_size,
-        n_best: Annotated[int, Query(ge=1, le=HTTP_MAX_BEAM)] = DecodeOptions.n_best,
-        length_penalty: Annotated[float, Query(ge=0.0, le=MAX_LENGTH_PENALTY)
-                                  ] = DecodeOptions.length_penalty,
+        decode: dict[str, Any] = Depends(decoding),  # noqa: B008 - FastAPI's dependency form
     ) -> JSONResponse:
         """Caption the uploaded images: per image its n-best captions, best first, with each
-        word's attention over the grid, or an error object for that image."""
+        word's attention over the grid, or an error object for that image. The decoding
+        options are ``DecodeOptions``' (strategy, beam size, n-best, length penalty, ...)."""
         try:
-            options = cap.options(beam_size=beam_size, n_best=n_best, length_penalty=length_penalty)
+            options = cap.options(**decode)
         except ValueError as exc:
             raise RequestError(422, str(exc)) from None
         if len(images) > max_images:
