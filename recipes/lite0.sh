@@ -1,6 +1,6 @@
 # Recipe lite0 (the default of scripts/flickr8k.sh): the measured best likelihood stage on
 # Flickr8k val, then the encoder's last blocks fine-tuned and self-critical training.
-# Results: results/flickr8k-likelihood.md (its rows "lite0"), results/README.md (model zoo).
+# Results: results/flickr8k-likelihood.md (rows L1-L4), results/README.md (model zoo).
 #
 # EfficientNet-Lite0 features at 448 px input (its 14x14x1280 grid); 5 epochs of batches of 64
 # (image, caption) pairs, embedding and attention 512, lambda (alpha_c) 0.06, dropout 0.3,
