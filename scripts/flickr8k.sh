@@ -3,49 +3,55 @@
 # seeds of each), each also averaged over epochs up to its best and one past it; for each kind,
 # fine-tune the encoder's last blocks, then self-critical training (for hard also with its
 # locations in the policy); evaluate every model and the ensembles on val and, when the data has
-# one, on test; write a results table.
-#   usage: bash scripts/flickr8k.sh DATA_DIR OUT_DIR      (DATA_DIR holds dataset_flickr8k.json
-#          and images/; e.g. ../shared/data/flickr8k)
-# Uses the GPU when there is one (prepare and train). Wall time, measured per stage (README):
-# on 2 CPU cores ~40 min to prepare and ~80 min per likelihood model (5 epochs of ~15 min;
-# 4 of them with SEEDS="1", 6 with the default SEEDS="1 2"), then the stages that train the
-# encoder from images: ~16 min per epoch of fine-tuning (3) and ~27 min per epoch of self-critical
-# training (10), about 7 h per kind (measured with Lite2's 9x9 features); on one H100 shared by 8
-# runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch. FINE_TUNE=0 skips the
-# encoder: self-critical training on the frozen features (~45 min per model on CPU). A killed
-# run resumes where it stopped. Flickr8k is for research use only: nothing it makes belongs in
-# git.
+# one, on test; write a results table (OUT/results.md).
+#   usage: [RECIPE=name] [VAR=value ...] bash scripts/flickr8k.sh DATA_DIR OUT_DIR
+#          (DATA_DIR holds dataset_flickr8k.json and images/; e.g. ../shared/data/flickr8k)
+# The settings come from recipes/$RECIPE.sh (default lite0: the measured best on val; lite2:
+# the earlier Lite2 9x9 default); a variable given in the environment wins over the recipe's
+# (the variables are listed in recipes/lite0.sh). A new recipe is one file in recipes/ that sets
+# them all (it may source "$RECIPES/lite0.sh" first and change a few). Results: results/.
+# Uses the GPU when there is one (prepare and train). Wall time, measured per stage
+# (results/README.md): on 2 CPU cores ~40 min to prepare and ~80 min per likelihood model
+# (5 epochs of ~15 min; 4 of them with SEEDS="1", 6 with the default SEEDS="1 2"), then the
+# stages that train the encoder from images: ~16 min per epoch of fine-tuning (3) and ~27 min per
+# epoch of self-critical training (10), about 7 h per kind (measured with Lite2's 9x9 features);
+# on one H100 shared by 8 runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch.
+# FINE_TUNE=0 skips the encoder: self-critical training on the frozen features (~45 min per model
+# on CPU). A killed run resumes where it stopped. Flickr8k is for research use only: nothing it
+# makes belongs in git.
 set -euo pipefail
 DATA=${1:?usage: flickr8k.sh DATA_DIR OUT_DIR}
 OUT=${2:?usage: flickr8k.sh DATA_DIR OUT_DIR}
-# The measured best likelihood stage on val (README, "Results on real photographs"):
-# EfficientNet-Lite0 at 448 px input for its 14x14 grid; 5 epochs of batches of 64 (image,
-# caption) pairs, embedding and attention 512, lambda (alpha_c) 0.06, dropout 0.3, Adam 4e-4
-# halved after every epoch that does not raise val CIDEr-D, which also keeps the checkpoint;
-# beam 5 ranked by log p / length^0.5. Then the encoder's last 3 blocks fine-tuned with the
-# decoder (3 epochs), then self-critical training of both (10 epochs, lr halved at every epoch
-# that does not improve val BLEU-4), evaluated like the others. Override with the variables
-# below (the earlier default, Lite2's 9x9 grid: FEATURES="--features efficientnet_lite2 --grid
-# 9 --image-size 288" EPOCHS=8 TRAIN_FLAGS="--alpha-c 0 --lr 4e-4 --dropout 0.3").
-FEATURES=${FEATURES:-"--features efficientnet_lite0 --grid 14 --image-size 448"}
-EPOCHS=${EPOCHS:-5}
-BEAM=${BEAM:-5}
-LENGTH_PENALTY=${LENGTH_PENALTY:-0.5}
-TRAIN_FLAGS=${TRAIN_FLAGS:-"--batch-by caption --batch-size 64 --embed-dim 512 --attention-dim 512
-  --alpha-c 0.06 --dropout 0.3 --lr 4e-4 --lr-decay 0.5 --lr-patience 0 --select-by CIDEr-D"}
-HARD_FLAGS=${HARD_FLAGS-""}  # hard's own likelihood flags (e.g. "--hard-baseline expected")
-FINE_TUNE=${FINE_TUNE:-3}   # encoder blocks trained from images; 0: keep the frozen features
-FT_EPOCHS=${FT_EPOCHS:-3}
-FT_FLAGS=${FT_FLAGS:-"--encoder-lr 5e-5 --lr 1e-4 --amp --num-workers 4"}
-SCST_EPOCHS=${SCST_EPOCHS:-10}
-SCST_FLAGS=${SCST_FLAGS:-"--objective scst --lr 1e-4 --lr-decay 0.5 --lr-patience 0"}
-SCST_FT_FLAGS=${SCST_FT_FLAGS:-"--encoder-lr 1e-5 --amp --num-workers 4"}
-SCST_CHOICES=${SCST_CHOICES:-1}  # also hard's SCST with its locations sampled and trained; 0: not
-SEEDS=${SEEDS-"1 2"}  # more likelihood models of each kind, for the ensembles ("": none)
-# each likelihood model also averaged over AVERAGE epochs up to its best and over AVERAGE epochs
-# ending one past it (`captioner average --run RUN --up-to-best AVERAGE [--past-best 1]`); later
-# stages and the ensembles start from whichever of the three scores the highest val CIDEr. 0: not
-AVERAGE=${AVERAGE:-3}
+RECIPES=$(cd "$(dirname "$0")/../recipes" && pwd)
+RECIPE=${RECIPE:-lite0}
+KNOWN=()
+for f in "$RECIPES"/*.sh; do KNOWN+=("$(basename "$f" .sh)"); done
+found=0
+for name in "${KNOWN[@]}"; do [ "$name" = "$RECIPE" ] && found=1; done
+[ "$found" = 1 ] || { echo "flickr8k.sh: unknown RECIPE '$RECIPE'; the recipes (recipes/*.sh):" \
+    "${KNOWN[*]}" >&2; exit 2; }
+# the settings every recipe sets; HARD_FLAGS and SEEDS may be given empty, the others only
+# count when not empty (as `VAR=${VAR:-default}` did before recipes)
+SETTINGS="FEATURES EPOCHS BEAM LENGTH_PENALTY TRAIN_FLAGS HARD_FLAGS FINE_TUNE FT_EPOCHS FT_FLAGS
+  SCST_EPOCHS SCST_FLAGS SCST_FT_FLAGS SCST_CHOICES SEEDS AVERAGE"
+declare -A GIVEN=()
+for var in $SETTINGS; do
+  case $var in
+    HARD_FLAGS|SEEDS) [ -z "${!var+x}" ] || GIVEN[$var]=${!var} ;;
+    *) [ -z "${!var:-}" ] || GIVEN[$var]=${!var} ;;
+  esac
+  unset "$var"
+done
+# shellcheck source=../recipes/lite0.sh
+. "$RECIPES/$RECIPE.sh"
+for var in "${!GIVEN[@]}"; do printf -v "$var" '%s' "${GIVEN[$var]}"; done
+for var in $SETTINGS; do
+  [ -n "${!var+x}" ] || { echo "flickr8k.sh: recipes/$RECIPE.sh does not set $var" \
+      "(see recipes/lite0.sh for the list)" >&2; exit 2; }
+done
+RECIPE_NOTE="recipe $RECIPE (recipes/$RECIPE.sh)"
+for var in "${!GIVEN[@]}"; do RECIPE_NOTE="$RECIPE_NOTE, $var=${!var} from the environment"; done
+echo "flickr8k.sh: $RECIPE_NOTE" >&2
 KEEP=()
 [ "$AVERAGE" != 0 ] && KEEP=(--keep-epochs)
 cd "$(dirname "$0")/.."
@@ -166,7 +172,7 @@ if [ -n "$SEEDS" ]; then
 fi
 evaluate ensemble_soft_hard $(best "${SOFT_SEEDS[0]}" "${HARD_SEEDS[0]}")
 evaluate ensemble_final $(best soft_scst hard_scst)
-.venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS <<'PY'
+RECIPE_NOTE=$RECIPE_NOTE .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS <<'PY'
 import json, os, platform, sys
 import torch
 out, seconds, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -181,7 +187,8 @@ if os.path.exists("/proc/cpuinfo"):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), cpu)
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-rows = ["Val selected every checkpoint and setting; test was held out (\"-\": the data has no test split).",
+rows = [f"Settings: {os.environ['RECIPE_NOTE']}.",
+        "Val selected every checkpoint and setting; test was held out (\"-\": the data has no test split).",
         f"Machine: {cpu}, {os.cpu_count()} CPU threads, {gpu}; training minutes are each run's wall "
         "time on the machines that trained it (\"-\": averaged weights, an ensemble).", "",
         "| model | split | " + " | ".join(c.replace("BLEU-", "B-") for c in cols) +
