@@ -15,16 +15,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else str(x)
+
+
 def describe_bounds(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
                     hi_open: bool = False) -> str:
     """Bounds in words: ">= 1", "> 0", "between 1 and 64", ">= 0 and < 1", or "" for none."""
     if lo is not None and hi is not None and not lo_open and not hi_open:
-        return f"between {lo} and {hi}"
+        return f"between {_num(lo)} and {_num(hi)}"
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo}")
+        parts.append(f"{'>' if lo_open else '>='} {_num(lo)}")
     if hi is not None:
-        parts.append(f"{'<' if hi_open else '<='} {hi}")
+        parts.append(f"{'<' if hi_open else '<='} {_num(hi)}")
     return " and ".join(parts)
 
 

@@ -175,7 +175,7 @@ class TrainConfig:
     amp: bool = option(False, help="bfloat16 mixed precision on CUDA")
     num_workers: int = option(0, min=0, max=64, resume=True, help="data loading processes")
     logdir: str = option("", help="TensorBoard folder (default: none)")
-    progress: bool = option(True, resume=True, help="no progress bar")
+    progress: bool = option(True, resume=True, session=True, help="no progress bar")
 
     def __post_init__(self) -> None:
         check(self)

@@ -30,7 +30,6 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
     from .evaluate import evaluate_checkpoint
     from .inference import Captioner, captioner_home
     from .train import resume, train
-    from .visualize import caption_figure
 
     root = Path(home) if home else captioner_home()
     demo = root / "demo"
@@ -69,13 +68,20 @@ def run_demo(home: str | Path | None = None, minutes: float = 5.0, attention: st
         if k in metrics:
             print(f"      {k:<30} {metrics[k]:.3f}")
     print(f"[4/4] captions and attention figures -> {fig_dir}")
-    for entry in data.manifest("test")[:figures]:
+    _figures(cap, data, fig_dir, figures)
+    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min. Model: {best}\n"
+          f"  captioner caption {data.image_path(data.manifest('test')[0])}\n"
+          f"  captioner attend {data.image_path(data.manifest('test')[0])} -o attention.png")
+    return metrics
+
+
+def _figures(cap, data, fig_dir: Path, count: int) -> None:
+    """The first ``count`` test images' captions and attention figures."""
+    from .visualize import caption_figure
+
+    for entry in data.manifest("test")[:count]:
         path = data.image_path(entry)
         out = fig_dir / f"{entry['image_id']}.png"
         c = caption_figure(cap, path, out, title=entry["image_id"])
         print(f"      {path.name}: {c.text}\n        truth: {entry['captions'][0]}\n"
               f"        figure: {out}")
-    print(f"done in {(time.perf_counter() - t0) / 60:.1f} min. Model: {best}\n"
-          f"  captioner caption {data.image_path(data.manifest('test')[0])}\n"
-          f"  captioner attend {data.image_path(data.manifest('test')[0])} -o attention.png")
-    return metrics

@@ -26,6 +26,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .argtypes import describe_bounds
+
 MISSING = dataclasses.MISSING
 
 
@@ -56,6 +58,9 @@ class Spec:
     parse: Callable[[str], Any] | None = None
     required: bool = False  # the flag must be given
     resume: bool = False  # may differ when a run is resumed (its limits, where its data is)
+    #: belongs to the command that runs, not to the run (a progress bar): a resume takes the
+    #: command's value, its default when not given
+    session: bool = False
     weights: bool = False  # the trained weights fix it: a run from --init keeps its model's
     http: bool = False  # a query parameter of the HTTP service
 
@@ -81,19 +86,7 @@ def hints(cls: type) -> dict[str, Any]:
 
 def bounds_text(s: Spec) -> str:
     """The bounds in words: "between 1 and 100", ">= 0 and < 1", "> 0", or ""."""
-    lo, hi = s.min, s.max
-    if lo is not None and hi is not None and not s.min_open and not s.max_open:
-        return f"between {_num(lo)} and {_num(hi)}"
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if s.min_open else '>='} {_num(lo)}")
-    if hi is not None:
-        parts.append(f"{'<' if s.max_open else '<='} {_num(hi)}")
-    return " and ".join(parts)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else str(x)
+    return describe_bounds(s.min, s.max, s.min_open, s.max_open)
 
 
 def shown(value: Any) -> str:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from .checkpoint import load_model
 from .data.images import build_transform, load_image
+from . import decoding
 from .decoding import DecodeOptions, decode
 from .models.ensemble import Ensemble, members
 from .models.model import CaptionModel
@@ -104,7 +105,7 @@ class Captioner:
     def options(self, options: DecodeOptions | None = None, **fields) -> DecodeOptions:
         """``options`` (default ``DecodeOptions()``) with ``fields`` replaced, bound to this
         model's caption length and vocabulary."""
-        options = replace(options, **fields) if options else DecodeOptions(**fields)
+        options = replace(options, **fields) if options else decoding.DecodeOptions(**fields)
         return options.bind(self.model.config.max_len, self.no_end_after)
 
     def caption(self, images: ImageInput | Sequence[ImageInput],

@@ -10,6 +10,7 @@ once, and handed to the Trainer.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data.dataset import PreparedData
 from .errors import TrainingError
-from .fields import FieldError, merge
+from .fields import FieldError, merge, spec_of
 from .validate_train_state import check_train_state
 
 #: what may be given with --attention-kind options: ``{kind: {option: value}}``
@@ -122,11 +123,13 @@ def resumed_run(out: str | Path, model: Mapping[str, Any] | None = None,
     """The run in ``out`` continued: its saved configs with the given ``train`` fields a
     resume may change (``resume=True``: epochs, max_steps, max_minutes, num_workers, progress,
     data) taken as given; any other given value, ``model`` ones included, that differs from the
-    run's is refused, one line listing each (``--lr 0.5 (run: 0.0004)``)."""
+    run's is refused, one line listing each (``--lr 0.5 (run: 0.0004)``). What belongs to the
+    command, not the run (``session=True``: the progress bar) is this command's."""
     ckpt = load_resumable(out)
     saved = TrainConfig.from_dict(ckpt.train["train_config"])
     fields, options = split_options(ckpt.config, model or {})
-    train = {**(train or {}), "out": str(out)}
+    session = {f.name: f.default for f in dataclasses.fields(TrainConfig) if spec_of(f).session}
+    train = {**session, **(train or {}), "out": str(out)}
     cfg, conflicts = merge(saved, train, lambda spec: spec.resume)
     _, model_conflicts = merge(ckpt.config, {**fields, "attention_options": options},
                                lambda spec: False, f"{ckpt.config.attention}-")

@@ -31,11 +31,11 @@ def _owner() -> bool:
     return int(os.environ.get("RANK", "0")) == 0  # only rank 0 writes the run folder
 
 
-def _train(plan_run, out: str | Path, resume: bool) -> TrainResult:
+def _train(plan: RunPlan, out: str | Path, resume: bool) -> TrainResult:
+    """Train ``plan`` (checked already: nothing is written for a refused one) in ``out``."""
     with (RunLock(out) if _owner() else nullcontext()), GracefulStop() as stop:
         if _owner() and not resume:
             refuse_existing_run(out)
-        plan: RunPlan = plan_run()  # after the lock: the folder's files are this run's
         trainer = Trainer(plan)
         trainer.stop = stop
         result = None
@@ -52,7 +52,7 @@ def train(model: ModelConfig | Mapping[str, Any], cfg: TrainConfig) -> TrainResu
     fields left open (``encoder``, ``grid_size``, ``preprocess``: None) come from the data's
     features or the encoder. With ``cfg.init`` the run starts from that checkpoint's model, and
     ``model`` gives the fields to change (those its weights do not fix)."""
-    return _train(lambda: new_run(model, cfg), cfg.out, resume=False)
+    return _train(new_run(model, cfg), cfg.out, resume=False)
 
 
 def resume(out: str | Path, model: Mapping[str, Any] | None = None,
@@ -61,4 +61,4 @@ def resume(out: str | Path, model: Mapping[str, Any] | None = None,
     order, optimizer, scheduler and random states). ``train`` may change what a resume may
     (``TrainConfig`` fields declared ``resume=True``: the limits, workers, progress, where the
     data is); any other given value that differs from the run's is refused, one line."""
-    return _train(lambda: resumed_run(out, model, train), out, resume=True)
+    return _train(resumed_run(out, model, train), out, resume=True)

@@ -54,6 +54,11 @@ for var in "${!GIVEN[@]}"; do RECIPE_NOTE="$RECIPE_NOTE, $var=${!var} from the e
 echo "flickr8k.sh: $RECIPE_NOTE" >&2
 KEEP=()
 [ "$AVERAGE" != 0 ] && KEEP=(--keep-epochs)
+# the folders as given from where the script was started, before it moves to the repository
+[ -d "$DATA" ] || { echo "flickr8k.sh: $DATA: no such folder" >&2; exit 2; }
+DATA=$(cd "$DATA" && pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 CAP=.venv/bin/captioner

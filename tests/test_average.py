@@ -26,6 +26,7 @@ def _save(path, config=None, vocab=None, seed=0):
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_the_average_holds_each_weights_mean_and_decodes(tmp_path):
     paths = [tmp_path / f"e{i}.safetensors" for i in range(3)]
     states = [_save(p, seed=i) for i, p in enumerate(paths)]
@@ -76,6 +77,7 @@ def test_one_checkpoint_or_writing_over_an_input_is_refused_before_any_work(tmp_
     assert a.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_run_averages_the_epochs_up_to_or_just_past_its_best(shapes_features_dir, tmp_path,
                                                                monkeypatch, capsys):
     """Best by the run's own --select-by (CIDEr-D here, whose best is the 4th epoch where

@@ -134,6 +134,7 @@ def _train(shapes_dir, out, *extra):
 # -- work lost or mixed up ----------------------------------------------------------------
 
 @pytest.mark.parametrize("held", ["best+metrics", "metrics", "tensorboard"])
+@pytest.mark.slow
 def test_train_refuses_an_out_that_holds_another_runs_files_and_leaves_them_untouched(
         cli, shapes_dir, model, tmp_path, held):
     """The issue: best.safetensors and a 7-line metrics.jsonl, no last.safetensors; a new
@@ -202,6 +203,7 @@ def test_evaluate_results_that_is_a_folder_is_refused_before_decoding(cli, model
 
 # -- wrong results without a word ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_does_nothing_and_a_larger_max_steps_extends_it(cli, run_copy):
     """It added one step at every resume ("trained 9 steps", "trained 10 steps", ...)."""
     before = snapshot(run_copy)
@@ -274,6 +276,7 @@ MAGIC = {".jpg": b"\xff\xd8\xff", ".pdf": b"%PDF", ".svg": b"<svg"}
 
 
 @pytest.mark.parametrize("suffix", sorted(MAGIC))
+@pytest.mark.slow
 def test_attend_writes_the_format_its_suffix_names(cli, model, image, tmp_path, suffix):
     """``-o out.jpg`` wrote PNG bytes under a .jpg name."""
     out = tmp_path / f"figure{suffix}"
@@ -352,6 +355,7 @@ def test_caption_with_a_checkpoint_that_disagrees_with_itself_names_the_field(
     assert result.out == ""
 
 
+@pytest.mark.slow
 def test_caption_with_max_len_edited_to_1e9_is_refused_instead_of_hanging(model, image,
                                                                          tmp_path):
     bad = edit_checkpoint(model, tmp_path / "long.safetensors",
@@ -484,6 +488,7 @@ def test_caption_and_attend_exit_with_the_same_code_for_the_same_bad_image(cli, 
     assert not (tmp_path / "figure.png").exists()
 
 
+@pytest.mark.slow
 def test_file_names_with_a_tab_or_newline_keep_one_line_per_image(cli, model, image, tmp_path):
     names = ["tab\there.png", "new\nline.png"]
     for name in names:
@@ -499,6 +504,7 @@ def test_file_names_with_a_tab_or_newline_keep_one_line_per_image(cli, model, im
     assert_one_line_error(Result(result.code, "", result.err), 1, "bad\\nname.jpg")
 
 
+@pytest.mark.slow
 def test_attend_on_a_cjk_file_name_prints_no_glyph_warnings(cli, model, image, tmp_path, caplog):
     cjk = tmp_path / "图像.png"
     shutil.copy(image, cjk)

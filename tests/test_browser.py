@@ -71,6 +71,7 @@ def _pixels(page) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
+@pytest.mark.slow
 def test_the_page_captions_an_upload_and_hovering_a_word_overlays_its_attention(shapes_dir,
                                                                                   tmp_path):
     chromium = _chromium()

@@ -53,6 +53,7 @@ def test_a_folder_without_images_is_a_one_line_error(tmp_path, checkpoint, capsy
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.slow
 def test_batches_give_the_python_apis_captions_and_an_error_per_bad_image(folder, checkpoint,
                                                                         workers):
     cap = Captioner.load(checkpoint, device="cpu")
@@ -69,6 +70,7 @@ def test_batches_give_the_python_apis_captions_and_an_error_per_bad_image(folder
             assert r.captions[0].score == pytest.approx(want.score, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_every_image_is_there_exactly_once(folder, checkpoint, tmp_path,
                                                                    monkeypatch, capsys):
     out = tmp_path / "results.jsonl"

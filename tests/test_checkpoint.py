@@ -29,6 +29,7 @@ def test_a_checkpoint_rebuilds_the_model_with_nothing_else(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
 
 
+@pytest.mark.slow
 def test_training_state_round_trips_with_int_keys_and_rng_tensors(tmp_path):
     model = build_model(tiny_config())
     opt = torch.optim.Adam(model.parameters())

@@ -24,6 +24,7 @@ def trained(shapes_dir, tmp_path_factory) -> Path:
     return run / "best.safetensors"
 
 
+@pytest.mark.slow
 def test_caption_prints_one_line_per_image_and_survives_a_bad_file(trained, shapes_dir, tmp_path,
                                                                    capsys):
     good = sorted((shapes_dir / "images").glob("test_*.png"))[:2]
@@ -49,6 +50,7 @@ def test_caption_json_and_n_best(trained, shapes_dir, capsys):
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow
 def test_attend_writes_a_png_with_one_panel_per_word(trained, shapes_dir, tmp_path, monkeypatch,
                                                      capsys):
     import captioner.visualize as vis
@@ -166,6 +168,7 @@ def test_figure_shows_the_region_the_encoder_saw():
     assert crop.size == (262, 262) or crop.size == (263, 263)
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     from captioner.demo import run_demo
 

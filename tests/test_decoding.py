@@ -79,6 +79,7 @@ def _same(a: list[list[Hypothesis]], b: list[list[Hypothesis]]):
         assert torch.equal(ha.alpha, hb.alpha)
 
 
+@pytest.mark.slow
 def test_decode_beam_equals_beam_search():
     model = _model(end_bias=3.0)
     feats = _feats(model)
@@ -88,6 +89,7 @@ def test_decode_beam_equals_beam_search():
     _same(decode(model.decoder, feats, options), expected)
 
 
+@pytest.mark.slow
 def test_decode_greedy_equals_greedy():
     model = _model(end_bias=3.0)
     feats = _feats(model)

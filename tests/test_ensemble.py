@@ -123,6 +123,7 @@ def _evaluate(models, shapes_dir, out: Path) -> list[dict]:
     return json.loads((out / "r.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_takes_several_models(checkpoints, shapes_dir, tmp_path):
     a, b = checkpoints
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir(), (tmp_path / "mixed").mkdir()
@@ -134,6 +135,7 @@ def test_evaluate_takes_several_models(checkpoints, shapes_dir, tmp_path):
     assert json.loads((tmp_path / "mixed" / "m.json").read_text())["models"] == 2
 
 
+@pytest.mark.slow
 def test_caption_takes_several_models(checkpoints, shapes_dir, capsys):
     images = [str(p) for p in sorted((shapes_dir / "images").glob("test_*.png"))[:3]]
     a, b = map(str, checkpoints)
@@ -170,6 +172,7 @@ def test_captioning_images_needs_one_preprocessing(shapes_dir, tmp_path):
         Captioner.load([a, b], device="cpu")
 
 
+@pytest.mark.slow
 def test_members_read_a_prepared_split_each_as_it_reads_it(shapes_features_dir, monkeypatch):
     """One member on the folder's features, one on its images: each gets its own input, and
     members that read alike share one reading."""
@@ -220,6 +223,7 @@ def test_the_service_serves_an_ensemble_and_lists_its_members(checkpoints, shape
         assert len(client.get("/v1/model").json()["members"]) == 2
 
 
+@pytest.mark.slow
 def test_images_may_follow_the_models_on_the_command_line(checkpoints, shapes_dir, tmp_path,
                                                           capsys):
     """--model takes .safetensors files; the first value that is not one begins the images."""

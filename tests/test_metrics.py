@@ -63,6 +63,7 @@ def test_coco_metrics_score_a_fixed_example():
     assert worse["CIDEr"] < m["CIDEr"] and worse["ROUGE-L"] < m["ROUGE-L"]
 
 
+@pytest.mark.slow
 def test_meteor_runs_with_java_or_is_skipped_with_a_message(capsys, monkeypatch):
     import captioner.metrics.coco as metrics
 
@@ -233,6 +234,7 @@ def test_unknown_or_twice_registered_evaluator_names_raise():
         EVALUATORS.register("bleu")(lambda options: None)
 
 
+@pytest.mark.slow
 def test_metrics_never_import_the_shapes_grammar():
     code = ("import sys, captioner.metrics as m, captioner.metrics.registry, "
             "captioner.metrics.captions; assert 'captioner.data.shapes' not in sys.modules, "

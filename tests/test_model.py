@@ -67,6 +67,7 @@ def test_the_registry_is_fully_covered_by_these_tests():
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet101", "resnet152", "vgg16"])
+@pytest.mark.slow
 def test_torchvision_encoders_build_with_expected_dims(name):
     backbone = get_backbone(name, pretrained=False)
     assert backbone.feature_dim == (512 if name == "vgg16" else 2048)

@@ -42,6 +42,7 @@ def _photos(folder):
 
 
 @pytest.mark.parametrize("encoder", ["tiny", "efficientnet_lite0"])
+@pytest.mark.slow
 def test_caption_of_an_image_file_equals_the_caption_from_prepared_features(tmp_path, encoder):
     names = _photos(tmp_path / "images")
     words = "a cat dog man woman cup of coffee on table in space rocket sitting".split()

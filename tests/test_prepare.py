@@ -407,6 +407,7 @@ def test_cli_prepares_shapes_with_relative_paths_and_object_boxes(tmp_path, caps
 @pytest.mark.parametrize("stop_at, rest", [
     (5, ["truncated", "astronaut_flip", "coffee_flip", "chelsea_flip"]),  # mid-train
     (8, ["chelsea_flip"])])  # in val, train's features done
+@pytest.mark.slow
 def test_an_interrupted_prepare_continues_where_it_stopped_when_run_again(
         photos, tmp_path, capsys, monkeypatch, stop_at, rest):
     import captioner.data.prepare as preparing

@@ -25,6 +25,7 @@ def classifiers():
 
 @pytest.mark.parametrize("variant", sorted(NATIVE))
 @pytest.mark.parametrize("photo, classes", [("chelsea", range(281, 286)), ("coffee", [967])])
+@pytest.mark.slow
 def test_the_encoder_backbone_classifies_real_photos(classifiers, variant, photo, classes):
     """The encoder's grid, averaged and fed to the ImageNet classifier, names the photo:
     chelsea is a tabby (281; 282/285 are its neighbours under other crops), coffee espresso."""
@@ -40,6 +41,7 @@ def test_the_encoder_backbone_classifies_real_photos(classifiers, variant, photo
         assert top == 281  # tabby with the standard resize-256 / crop-224
 
 
+@pytest.mark.slow
 def test_the_stride16_variant_gives_the_papers_14x14_grid():
     backbone = get_backbone("efficientnet_lite0_s16")
     encoder = Encoder(backbone, grid_size=backbone.grid_size).eval()

@@ -140,6 +140,7 @@ def test_self_critical_raises_captions_that_beat_their_siblings():
         self_critical(log_prob, rewards[:, :1], torch.tensor(3))
 
 
+@pytest.mark.slow
 def test_scst_steps_raise_the_reward_of_a_batch(shapes_features_dir, tmp_path):
     cfg = TrainConfig(data=str(shapes_features_dir), out=str(tmp_path / "run"), objective="scst",
                       lr=1e-2, batch_size=8, progress=False)
@@ -151,6 +152,7 @@ def test_scst_steps_raise_the_reward_of_a_batch(shapes_features_dir, tmp_path):
     assert trainer.model.training  # sampling ran in eval mode and gave the mode back
 
 
+@pytest.mark.slow
 def test_scst_runs_from_the_command_line_and_bad_settings_are_refused(shapes_features_dir,
                                                                      tmp_path):
     from captioner.cli import main
@@ -208,6 +210,7 @@ def test_hard_attention_draws_its_locations_only_when_choosing():
             pass
 
 
+@pytest.mark.slow
 def test_scst_over_choices_rewards_words_and_locations(shapes_features_dir, tmp_path):
     """--scst-choices: the loss is the self-critical loss of each caption's word plus location
     log-probability, from the same draws; without it hard attention's locations get no

@@ -37,6 +37,7 @@ def _score(model, feats, words):
     return total
 
 
+@pytest.mark.slow
 def test_beam_search_finds_the_exhaustive_optimum_on_a_tiny_vocabulary():
     model = _model(vocab=7)
     max_len = 3

@@ -111,6 +111,7 @@ def _assert_same_final_run(run: Path, reference: Reference) -> None:
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_a_signal_mid_epoch_saves_and_the_resumed_run_ends_as_an_uninterrupted_one(
         shapes_dir, tmp_path, reference, sig, code):
     """Ctrl-C at step ~10 used to print `interrupted`, exit 130 and save nothing (SIGTERM:
@@ -148,6 +149,7 @@ def test_a_signal_mid_epoch_saves_and_the_resumed_run_ends_as_an_uninterrupted_o
     _assert_same_final_run(run, reference)
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_out_one_is_refused_and_the_other_ends_intact(
         shapes_dir, tmp_path, reference):
     """Both used to exit 0 with an interleaved log and one run's checkpoints gone."""

@@ -44,6 +44,7 @@ def _env():
 
 
 @pytest.mark.parametrize("attention", ["soft", "hard"])
+@pytest.mark.slow
 def test_overfits_a_handful_of_shapes_images(shapes_dir, attention):
     data = PreparedData(shapes_dir)
     config = tiny_config(attention, vocab_size=len(data.vocab), hidden_dim=64, embed_dim=32,
@@ -79,6 +80,7 @@ def _train_cmd(data, out, *extra):
             *SMALL, *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_same_final_weights(shapes_dir, tmp_path):
     flags = ["--batch-size", "4", "--max-steps", "90", "--save-every", "4", "--epochs", "50",
              "--attention", "hard"]
@@ -106,6 +108,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_final_weights(shapes_dir, 
         assert torch.equal(a.weights[k], b.weights[k]), k
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_trains(shapes_dir, tmp_path):
     out = tmp_path / "ddp"
     with socket.socket() as s:
@@ -143,6 +146,7 @@ def _fake_clock(monkeypatch, step_seconds) -> dict:
     return clock
 
 
+@pytest.mark.slow
 def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir, tmp_path,
                                                                        monkeypatch):
     _fake_clock(monkeypatch, lambda step: 1.0 if step < 10 else 0.1)  # steps 1-10 1 s, then 0.1
@@ -153,6 +157,7 @@ def test_the_logged_speed_is_over_the_steps_since_the_previous_record(shapes_dir
     assert second == pytest.approx(10 * first)  # an epoch's running mean would say 1.8x
 
 
+@pytest.mark.slow
 def test_a_resumed_run_adds_its_wall_time_to_the_time_it_had(shapes_dir, tmp_path, monkeypatch):
     clock = _fake_clock(monkeypatch, lambda step: 3.0)
     run = tmp_path / "run"
@@ -196,6 +201,7 @@ def _config(data, out, **kw):
     return TrainConfig(data=str(data), out=str(out), progress=False, val_max_images=4, **kw)
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         shapes_dir, tmp_path, monkeypatch):
     import captioner.objectives.likelihood as likelihood
@@ -218,6 +224,7 @@ def test_a_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     assert all(torch.isfinite(v).all() for v in good.weights.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_resume_on_data_with_another_vocabulary_is_refused(shapes_dir, tmp_path):
     from captioner.data.prepare import prepare
     from captioner.data.shapes import generate
@@ -232,6 +239,7 @@ def test_resume_on_data_with_another_vocabulary_is_refused(shapes_dir, tmp_path)
         train(tiny_config(), _config(shapes_dir, run))
 
 
+@pytest.mark.slow
 def test_training_on_precomputed_features_uses_the_encoder_that_made_them(
         shapes_features_dir, tmp_path):
     from safetensors.torch import load_file
@@ -251,6 +259,7 @@ def test_training_on_precomputed_features_uses_the_encoder_that_made_them(
     assert any('"val/BLEU-4"' in line for line in lines)
 
 
+@pytest.mark.slow
 def test_logdir_gets_tensorboard_scalars_and_the_run_gets_metrics_jsonl(shapes_dir, tmp_path):
     run, logs = tmp_path / "run", tmp_path / "tb"
     train(tiny_config(), _config(shapes_dir, run, batch_size=4, max_steps=10, logdir=str(logs)))
@@ -262,6 +271,7 @@ def test_logdir_gets_tensorboard_scalars_and_the_run_gets_metrics_jsonl(shapes_d
     assert "val/BLEU-4" in records[-1] and records[-1]["val/CIDEr-D"] >= 0
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoints_weights_with_a_fresh_optimizer(shapes_dir, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     train(tiny_config(), _config(shapes_dir, first, batch_size=4, max_steps=3))
@@ -285,6 +295,7 @@ def test_init_starts_from_a_checkpoints_weights_with_a_fresh_optimizer(shapes_di
     assert moved and all((start.weights[k] - after.weights[k]).abs().max() < 1e-3 for k in params)
 
 
+@pytest.mark.slow
 def test_init_from_a_checkpoint_with_another_vocabulary_is_refused(shapes_dir, tmp_path):
     from captioner.data.prepare import prepare
     from captioner.data.shapes import generate
@@ -296,6 +307,7 @@ def test_init_from_a_checkpoint_with_another_vocabulary_is_refused(shapes_dir, t
         train({}, _config(other, tmp_path / "b", init=str(tmp_path / "a" / "last.safetensors")))
 
 
+@pytest.mark.slow
 def test_batches_by_caption_hold_one_caption_per_item(shapes_dir, tmp_path):
     from captioner.data.dataset import CaptionPairs
 
@@ -325,6 +337,7 @@ def test_label_smoothing_raises_the_loss_of_a_confident_correct_prediction():
 
 
 @pytest.mark.parametrize("select_by, best_epoch", [("BLEU-4", 1), ("CIDEr-D", 2)])
+@pytest.mark.slow
 def test_select_by_keeps_the_epoch_with_the_best_score_of_that_metric(
         shapes_dir, tmp_path, monkeypatch, select_by, best_epoch):
     import captioner.train as tr
@@ -349,6 +362,7 @@ def test_select_by_keeps_the_epoch_with_the_best_score_of_that_metric(
     assert any(not torch.equal(best[f"decoder.{k}"], v) for k, v in seen[2].items())
 
 
+@pytest.mark.slow
 def test_keep_epochs_keeps_each_epochs_weights_beside_last_and_best(shapes_dir, tmp_path,
                                                                    monkeypatch):
     import captioner.train as tr
@@ -376,6 +390,7 @@ def test_an_unknown_select_by_metric_is_refused(shapes_dir, tmp_path):
         train(tiny_config(), _config(shapes_dir, tmp_path / "run", select_by="bleu"))
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_step_limit_then_resume_goes_on_as_if_it_had_not_stopped(shapes_dir,
                                                                              tmp_path,
                                                                              monkeypatch):
@@ -408,6 +423,7 @@ def test_a_mid_epoch_step_limit_then_resume_goes_on_as_if_it_had_not_stopped(sha
     assert all(torch.equal(whole.weights[k], parts.weights[k]) for k in whole.weights)
 
 
+@pytest.mark.slow
 def test_resume_takes_epochs_and_max_steps_as_given_and_logs_a_mid_epoch_stop_as_such(
         shapes_features_dir, tmp_path, capsys):
     """A smaller --epochs ends the run sooner and --max-steps 0 lifts the step limit (the

@@ -9,12 +9,12 @@ new decoding option is one field here (and the strategy that reads it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
 from ..config import MAX_BEAM, MAX_CAPTION_WORDS
-from ..fields import FieldError, check, option
+from ..fields import FieldError, check, option, spec_of
 from ..models.decoder import Decoder
 from ..registry import STRATEGIES
 from ..search import Hypothesis
@@ -60,9 +60,8 @@ class DecodeOptions:
         return replace(self, max_len=self.max_len or max_len, no_end_after=tuple(endings or ()))
 
     def to_dict(self) -> dict:
-        """The user-facing options (what a results file records)."""
-        return {"strategy": self.strategy, "beam_size": self.beam_size, "n_best": self.n_best,
-                "length_penalty": self.length_penalty, "max_len": self.max_len}
+        """The user-facing options, those a client may set (what a results file records)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if spec_of(f).http}
 
 
 def decode(decoder: Decoder, features: torch.Tensor, options: DecodeOptions

@@ -22,6 +22,7 @@ from fastapi_offline import FastAPIOffline  # /docs from packaged assets, no CDN
 from starlette.exceptions import HTTPException
 
 from ..config import ServeOptions
+from .. import decoding
 from ..decoding import DecodeOptions
 from ..inference import Caption, Captioner
 from .batching import Batcher
@@ -47,11 +48,6 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
     and requests over ``settings``' limits refused (``ServeOptions``)."""
     batcher = Batcher(cap.caption_tensors, settings.max_batch, settings.max_wait_ms)
     uploads = UploadReader(cap, settings.max_upload_mb, settings.decode_workers)
-    max_images, max_upload_mb = settings.max_images, settings.max_upload_mb
-    info = model_info or {"encoder": cap.model.config.encoder}
-    # the decoding options of DecodeOptions' HTTP fields, beams capped by this service
-    decoding = query_dependency(DecodeOptions, {"beam_size": settings.max_beam_size,
-                                                "n_best": settings.max_beam_size})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -66,11 +62,18 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
                          description="Show, Attend and Tell captions with each word's attention.")
     app.state.batcher = batcher
     # the whole body is refused early when it cannot hold max_images uploads within the limit
-    app.add_middleware(BodyLimit, max_bytes=uploads.max_bytes * max_images + 1024 * 1024,
-                       message=f"request body is over the upload limit ({max_upload_mb:g} MB per "
-                       f"image, {max_images} images)")
+    app.add_middleware(BodyLimit, max_bytes=uploads.max_bytes * settings.max_images + (1 << 20),
+                       message=f"request body is over the upload limit ({settings.max_upload_mb:g}"
+                       f" MB per image, {settings.max_images} images)")
     _add_error_handlers(app)
+    _add_pages(app, batcher, model_info or {"encoder": cap.model.config.encoder}, settings)
+    _add_captions(app, cap, batcher, uploads, settings)
+    return app
 
+
+def _add_pages(app: FastAPI, batcher: Batcher, info: dict[str, Any],
+               settings: ServeOptions) -> None:
+    """The web page, its files, the health check and the model's description."""
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -88,13 +91,22 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
         """The loaded model: encoder, attention kind, grid, vocabulary, training data,
         preprocessing, and the decoding bounds this service accepts."""
         return {**info, "limits": {"max_beam_size": settings.max_beam_size,
-                                   "max_images": max_images, "max_upload_mb": max_upload_mb},
-                "defaults": DecodeOptions().to_dict()}
+                                   "max_images": settings.max_images,
+                                   "max_upload_mb": settings.max_upload_mb},
+                "defaults": decoding.DecodeOptions().to_dict()}
+
+
+def _add_captions(app: FastAPI, cap: Captioner, batcher: Batcher, uploads: UploadReader,
+                  settings: ServeOptions) -> None:
+    """``POST /v1/captions``: its decoding options are ``DecodeOptions``' HTTP fields, the
+    beams capped by this service."""
+    fields = query_dependency(decoding.DecodeOptions, {"beam_size": settings.max_beam_size,
+                                                       "n_best": settings.max_beam_size})
 
     @app.post("/v1/captions")
     async def captions(
         images: Annotated[list[UploadFile], File(description="one or more image files")],
-        decode: dict[str, Any] = Depends(decoding),  # noqa: B008 - FastAPI's dependency form
+        decode: dict[str, Any] = Depends(fields),  # noqa: B008 - FastAPI's dependency form
     ) -> JSONResponse:
         """Caption the uploaded images: per image its n-best captions, best first, with each
         word's attention over the grid, or an error object for that image. The decoding
@@ -103,8 +115,9 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
             options = cap.options(**decode)
         except ValueError as exc:
             raise RequestError(422, str(exc)) from None
-        if len(images) > max_images:
-            raise RequestError(413, f"{len(images)} images in one request; at most {max_images}")
+        if len(images) > settings.max_images:
+            raise RequestError(413, f"{len(images)} images in one request; at most "
+                                    f"{settings.max_images}")
         batcher.expect(len(images))
         results = await asyncio.gather(*(_one(i, f, options) for i, f in enumerate(images)))
         body = {"options": options.to_dict(), "grid_size": cap.model.config.grid_size,
@@ -127,8 +140,6 @@ def create_app(cap: Captioner, model_info: dict[str, Any] | None = None,
         found = await batcher.submit(tensor, options, expected=True)
         return {"filename": name, "width": width, "height": height,
                 "captions": [caption_json(c) for c in found]}, 0
-
-    return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
