@@ -246,13 +246,8 @@ def merge(base: Any, given: Mapping[str, Any], may_change: Callable[[Spec], bool
                               for k, v in value.items() if saved.get(k) != v]
         elif may_change(spec_of(f)):
             changes[name] = value
+        elif value != saved and isinstance(value, bool):  # a switch: which way the run had it
+            conflicts.append(f"{flag_name(f)} (run: {name} {'on' if saved else 'off'})")
         elif value != saved:
-            conflicts.append(f"{flag_name(f)} {_flag_value(f, value)} (run: "
-                             f"{_flag_value(f, saved)})")
+            conflicts.append(f"{flag_name(f)} {value} (run: {saved})")
     return dataclasses.replace(base, **changes), conflicts
-
-
-def _flag_value(f: dataclasses.Field, value: Any) -> str:
-    if isinstance(value, bool):  # a switch: say which way it was
-        return "on" if value else "off"
-    return str(value)
