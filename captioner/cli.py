@@ -46,6 +46,26 @@ def _add_prepare(sub) -> None:
         k.add_argument("--workers", type=int_range(0, 64), default=2,
                        help="image loading processes (default: %(default)s)")
         k.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_engine_args(k)
+
+
+def _add_engine_args(p) -> None:
+    """--engine and the Ray engine's flags (captioner/engines), for `caption` and `prepare`."""
+    from .engines import ENGINES
+
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this process and its --workers; ray: Ray Data, the model in a "
+                   "pool of actors, on a local Ray instance or --address's cluster (needs "
+                   "pip install -e \".[ray]\") (default: %(default)s)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --engine ray: the cluster's head (HOST:PORT, ray://HOST:PORT or "
+                   "auto; default: start a local Ray instance on this machine)")
+    g.add_argument("--num-workers", type=int_range(1, 100_000), default=None, metavar="N",
+                   help="with --engine ray: model actors (default: one per CPU, or per GPU "
+                   "with --worker-gpus, of the instance)")
+    g.add_argument("--worker-gpus", type=float_range(0, 64), default=0.0, metavar="G",
+                   help="with --engine ray: GPUs each actor reserves (default: 0, CPU only)")
 
 
 def _add_model_args(p) -> None:
@@ -230,6 +250,7 @@ def _add_caption(sub) -> None:
     cap.add_argument("--workers", type=int_range(0, 64), default=2,
                      help="image decoding processes (default: %(default)s)")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_args(cap)
 
 
 def _add_serve(sub) -> None:

@@ -16,6 +16,7 @@ def prepare(args) -> int:
     from .data.readers import get_reader
     from .errors import UserError
 
+    engine = _prepare_engine(args)  # None: this machine; refused flags before any work
     out = Path(args.out)
     created = claim_output(out, args.overwrite)  # before any work: never mixes two datasets
     if interrupted(out):
@@ -28,7 +29,7 @@ def prepare(args) -> int:
             spec = FeatureSpec(args.features, args.grid, args.image_size, args.batch_size,
                                args.workers)
         report = run_prepare(records, out, args.source, args.min_count, args.max_len, spec,
-                             not args.no_progress)
+                             not args.no_progress, engine=engine)
     except BaseException as exc:
         if not isinstance(exc, (UserError, ValueError)) and interrupted(out):  # keep the work
             print(f"{out}: prepare stopped; run the same command again to continue from the "
@@ -117,6 +118,8 @@ def evaluate(args) -> int:
 
 
 def caption(args) -> int:
+    if _ray_options(args) is not None:
+        return caption_ray(args)
     from tqdm import tqdm
 
     from .folder import ResultsFile, caption_batches, escape, find_images
@@ -148,6 +151,67 @@ def caption(args) -> int:
         print(f"{results.path}: {len(todo) - failed} images captioned, {failed} failed, "
               f"{len(paths) - len(todo)} already there")
     return 1 if failed else 0
+
+
+def _ray_options(args):
+    """The RayOptions of ``--engine ray`` and its flags; None for the local engine (which
+    refuses the Ray-only flags)."""
+    from .engines.ray_cluster import RayOptions
+
+    if args.engine != "ray":
+        given = [f"--{f.replace('_', '-')}" for f in ("address", "num_workers", "worker_gpus")
+                 if getattr(args, f)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --engine ray")
+        return None
+    return RayOptions(address=args.address, num_workers=args.num_workers,
+                      gpus_per_worker=args.worker_gpus, batch_size=args.batch_size)
+
+
+def _prepare_engine(args):
+    """prepare's feature encoder on Ray (``--engine ray``), or None: this machine."""
+    options = _ray_options(args)
+    if options is None:
+        return None
+    if not args.features:
+        raise ValueError("--engine ray encodes features on Ray: give --features ENCODER, or "
+                         "leave --engine out")
+    from .engines.ray_prepare import RayFeatures
+
+    return RayFeatures(options)
+
+
+def caption_ray(args) -> int:
+    """``caption SOURCE --output OUT --engine ray``: the captions of `caption DIR --output` on
+    Ray Data; each bad image is one error line here and one error record in OUT."""
+    from tqdm import tqdm
+
+    from .engines.ray_caption import caption_on_ray
+    from .folder import escape, expand_sources
+
+    if not args.output:
+        raise ValueError("--engine ray writes its results to a file: give --output OUT.jsonl "
+                         "(or OUT.parquet)")
+    paths = expand_sources(args.images)
+    bar = None  # opened by the first results: a refusal before any work prints no bar
+
+    def report(records, total):
+        nonlocal bar
+        bar = bar or tqdm(total=total, unit="img", desc="caption", disable=args.no_progress)
+        for r in records:
+            if "error" in r:
+                tqdm.write(f"captioner caption: error: {escape(r['error'])}", file=sys.stderr)
+        bar.update(len(records))
+
+    try:
+        done = caption_on_ray(paths, args.output, args.model, decode_options(args),
+                              _ray_options(args), report)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{args.output}: {done.captioned} images captioned, {done.failed} failed, "
+          f"{done.already} already there")
+    return 1 if done.failed else 0
 
 
 def serve(args) -> int:

@@ -1,0 +1,117 @@
+"""Reaching Ray: the optional import, the engine's options, and a local instance or a cluster.
+
+``ray_instance(options)`` is the one place a Ray instance is started or joined: without an
+address a new local instance on this machine (so the same command runs on a laptop), with one
+the cluster there (``ray start --head`` on its head node); an address nobody answers is one
+line naming it, before Ray's own retries. An instance the caller already started (a notebook,
+a test) is used as it is and left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+INSTALL = 'pip install -e ".[ray]"'  # from a checkout; pip install "captioner[ray]" otherwise
+PROBE_SECONDS = 5.0
+
+
+def require_ray():
+    """The ``ray`` module with Ray Data, or a UserError saying which ``pip install`` to run."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (ray without its data extra lacks pyarrow, pandas)
+    except ImportError as exc:
+        raise UserError(f"--engine ray needs Ray Data, which is not installed ({exc}); run "
+                        f"{INSTALL} (the `ray` extra) and try again") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray engine runs. ``address`` None: a new local instance of
+    ``local_cpus`` CPUs (None: all of this machine's). ``num_workers`` model actors (None: as
+    many as the cluster's CPUs, or GPUs with ``gpus_per_worker``, hold), each reserving
+    ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs; ``batch_size`` images per model
+    call."""
+
+    address: str | None = None
+    num_workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 16
+    local_cpus: int | None = None
+
+    def __post_init__(self):
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or self.batch_size < 1:
+            raise ValueError("cpus per worker must be > 0, gpus per worker >= 0 and the batch "
+                             f"size >= 1, got {self.cpus_per_worker}, {self.gpus_per_worker}, "
+                             f"{self.batch_size}")
+
+    def workers(self, resources: dict[str, float]) -> int:
+        """The actor pool's size on a cluster with ``resources`` (``ray.cluster_resources()``)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        kind, per = ("GPU", self.gpus_per_worker) if self.gpus_per_worker else \
+            ("CPU", self.cpus_per_worker)
+        return max(1, int(resources.get(kind, 0) // per))
+
+
+def check_reachable(address: str) -> None:
+    """Refuse, in one line, a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens,
+    within ``PROBE_SECONDS``. "auto" and other forms are left to Ray."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else \
+            (exc.strerror or str(exc)).lower()
+        raise UserError(f"--address {address}: no Ray cluster answers there ({reason}); start "
+                        "one with `ray start --head` on its head node, or leave --address out "
+                        "to run on a local Ray instance on this machine") from None
+
+
+@contextmanager
+def ray_instance(options: RayOptions) -> Iterator:
+    """Yield the ``ray`` module connected to the instance ``options`` name (see the module's
+    docstring); one this call started is shut down on leaving, a caller's is left running."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if options.address:
+        check_reachable(options.address)
+        kwargs = {"address": options.address}
+    else:  # "local": always a new instance, never one `ray start` left on this machine
+        kwargs = {"address": "local", "num_cpus": options.local_cpus}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        where = f"--address {options.address}" if options.address else "a local Ray instance"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: Ray could not start or connect ({first})") from None
+    quiet_ray_data(ray)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def quiet_ray_data(ray) -> None:
+    """Ray Data's progress bars and per-run INFO lines off: the engine prints its own."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
