@@ -207,3 +207,15 @@ def test_prepare_engine_ray_hands_its_flags_to_the_ray_encoder(tmp_path, monkeyp
     assert (options.address, options.num_workers, options.gpus_per_worker) == \
         ("head:6379", 3, 0.5)
     assert (tmp_path / "data" / "features" / "train.f16").exists()
+
+
+def test_the_actor_pool_is_one_actor_per_cpu_or_gpu_and_refused_where_none_fits():
+    from captioner.engines.ray_cluster import RayOptions
+    from captioner.errors import UserError
+
+    assert RayOptions().workers({"CPU": 8.0}) == 8
+    assert RayOptions(gpus_per_worker=1).workers({"CPU": 32.0, "GPU": 4.0}) == 4
+    assert RayOptions(gpus_per_worker=0.5).workers({"CPU": 32.0, "GPU": 4.0}) == 8
+    assert RayOptions(num_workers=3).workers({"CPU": 8.0}) == 3
+    with pytest.raises(UserError, match="--worker-gpus 1: the Ray instance has 0 GPUs"):
+        RayOptions(gpus_per_worker=1).workers({"CPU": 8.0})

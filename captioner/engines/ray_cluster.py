@@ -56,12 +56,16 @@ class RayOptions:
                              f"{self.batch_size}")
 
     def workers(self, resources: dict[str, float]) -> int:
-        """The actor pool's size on a cluster with ``resources`` (``ray.cluster_resources()``)."""
-        if self.num_workers is not None:
-            return self.num_workers
+        """The actor pool's size on a cluster with ``resources`` (``ray.cluster_resources()``);
+        a UserError when not even one actor fits (it would wait forever)."""
         kind, per = ("GPU", self.gpus_per_worker) if self.gpus_per_worker else \
             ("CPU", self.cpus_per_worker)
-        return max(1, int(resources.get(kind, 0) // per))
+        fit = int(resources.get(kind, 0) // per)
+        if fit < 1:
+            flag = "--worker-gpus" if kind == "GPU" else "CPUs per worker"
+            raise UserError(f"{flag} {per:g}: the Ray instance has {resources.get(kind, 0):g} "
+                            f"{kind}s, not enough for one model actor")
+        return self.num_workers if self.num_workers is not None else fit
 
 
 def check_reachable(address: str) -> None:
@@ -98,7 +102,7 @@ def ray_instance(options: RayOptions) -> Iterator:
     try:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                  **kwargs)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+    except Exception as exc:  # whatever Ray raises, the user gets one line
         where = f"--address {options.address}" if options.address else "a local Ray instance"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{where}: Ray could not start or connect ({first})") from None

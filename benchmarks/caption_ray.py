@@ -1,0 +1,117 @@
+"""Images/s of `captioner caption DIR --output OUT --engine ray` (a local Ray instance started
+by the command, 1 and 2 model actors) against the one-machine `caption DIR --output OUT` on
+the same images and model. Target: Ray's overhead on one machine at most 15%, i.e. Ray with as
+many actors as cores >= 0.85x the one-machine run, in steady state.
+
+Each configuration runs as a whole `captioner` process twice, on --base images and on --images
+images (fresh OUT each time): the steady rate is the extra images over the extra seconds, which
+cancels what every run pays once (process start, model load; for Ray its instance and actors),
+shown apart as "fixed". The per-actor rate also gives the scaling on N machines on paper.
+
+    .venv/bin/python benchmarks/caption_ray.py --lite2           # Lite2, untrained decoder
+    .venv/bin/python benchmarks/caption_ray.py --model best.safetensors --images 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_verdict  # noqa: E402
+from serve_load import benchmark_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(folder: Path, out: Path, flags: list[str], threads: int = 0) -> float:
+    """Wall seconds of one `captioner caption FOLDER --output OUT` process (fresh OUT)."""
+    out.unlink(missing_ok=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "captioner", "caption", str(folder), "--output",
+                          str(out), "--no-progress", *flags], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - t0
+    lines = out.read_text().count("\n") if out.exists() else 0
+    images = len(list(folder.iterdir()))
+    assert res.returncode == 0 and lines == images, \
+        f"{lines} results for {images} images ({' '.join(flags)}): {res.stderr[-2000:]}"
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
+    ap.add_argument("--lite2", action="store_true", help="an EfficientNet-Lite2 model with an "
+                    "untrained decoder instead (built in a temp folder)")
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--base", type=int, default=64, help="images of the shorter run")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--beam-size", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each; the fastest counts")
+    ap.add_argument("--threads", type=int, default=0, help="unused (all cores); kept for the "
+                    "shared model flags")
+    ap.add_argument("--target", type=float, default=0.85)
+    args = ap.parse_args()
+    load_before = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="caption_ray_") as tmp:
+        tmp = Path(tmp)
+        cap, checkpoint, images = benchmark_model(args, tmp, tmp / "photos", args.images)
+        small, large = tmp / "small", tmp / "large"
+        for folder, count in ((small, args.base), (large, args.images)):
+            folder.mkdir()
+            for image in images[:count]:
+                shutil.copy(image, folder / image.name)
+        print(f"model: {checkpoint.name} ({cap.model.config.encoder}, grid "
+              f"{cap.model.config.grid_size}, vocab {len(cap.vocab)}); {args.base} and "
+              f"{args.images} images ({images[0].suffix}); batch {args.batch_size}, beam "
+              f"{args.beam_size}; {cores} cores; load {load_before:.2f}")
+        del cap
+        common = ["--model", str(checkpoint), "--beam-size", str(args.beam_size),
+                  "--batch-size", str(args.batch_size)]
+        configs = [
+            ("one machine: caption DIR (--workers 2, all cores)", [*common, "--workers", "2"], 0),
+            ("one machine, one core (--workers 0, 1 thread)", [*common, "--workers", "0"], 1),
+            ("ray, 1 actor (1 CPU)", [*common, "--engine", "ray", "--num-workers", "1"], 0),
+            (f"ray, {cores} actors", [*common, "--engine", "ray", "--num-workers", str(cores)],
+             0),
+        ]
+        rows = []
+        for name, flags, threads in configs:
+            t_small = min(run(small, tmp / "o.jsonl", flags, threads)
+                          for _ in range(args.repeats))
+            t_large = min(run(large, tmp / "o.jsonl", flags, threads)
+                          for _ in range(args.repeats))
+            if t_large - t_small < 1.0:  # within the noise of start-up: no rate to tell
+                raise SystemExit(f"{name}: {args.images} images took {t_large:.1f} s, "
+                                 f"{args.base} took {t_small:.1f} s: too close to measure a "
+                                 "rate; raise --images")
+            steady = (args.images - args.base) / (t_large - t_small)
+            fixed = t_small - args.base / steady
+            rows.append((name, steady, args.images / t_large, fixed))
+            print(f"  {name}: {t_small:.1f} s / {t_large:.1f} s", flush=True)
+    print(f"{'':52} {'steady img/s':>12} {'whole img/s':>12} {'fixed s':>8}")
+    for name, steady, whole, fixed in rows:
+        print(f"{name:52} {steady:12.2f} {whole:12.2f} {fixed:8.1f}")
+    local, one_core, ray1, ray_all = (r[1] for r in rows)
+    print(f"ray 1 actor / one machine on one core: {ray1 / one_core:.2f}x; "
+          f"ray {cores} actors / ray 1 actor: {ray_all / ray1:.2f}x")
+    print(f"on paper, N machines of {cores} cores at this per-actor rate: about "
+          f"{ray1:.1f} x {cores} x N = {ray1 * cores:.1f} N images/s (the driver writes results "
+          "only, far from a bound here)")
+    print_verdict(ray_all >= args.target * local,
+                  f"ray with {cores} actors {ray_all:.2f} img/s = {ray_all / local:.2f}x the "
+                  f"one-machine caption DIR {local:.2f} img/s (target >= {args.target:g}x: "
+                  f"overhead <= {1 - args.target:.0%})", load_before)
+
+
+if __name__ == "__main__":
+    main()
