@@ -51,11 +51,12 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
     ap.add_argument("--lite2", action="store_true", help="an EfficientNet-Lite2 model with an "
                     "untrained decoder instead (built in a temp folder)")
-    ap.add_argument("--images", type=int, default=192)
-    ap.add_argument("--base", type=int, default=64, help="images of the shorter run")
+    ap.add_argument("--images", type=int, default=160)
+    ap.add_argument("--base", type=int, default=32, help="images of the shorter run")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--beam-size", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=1, help="runs of each; the fastest counts")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds over all configurations; "
+                    "each one's fastest run of each size counts")
     ap.add_argument("--threads", type=int, default=0, help="unused (all cores); kept for the "
                     "shared model flags")
     ap.add_argument("--target", type=float, default=0.85)
@@ -84,20 +85,23 @@ def main() -> None:
             (f"ray, {cores} actors", [*common, "--engine", "ray", "--num-workers", str(cores)],
              0),
         ]
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in configs}
+        for _ in range(args.repeats):  # interleaved: a burst of load hits one repeat, not one row
+            for name, flags, threads in configs:
+                pair = (run(small, tmp / "o.jsonl", flags, threads),
+                        run(large, tmp / "o.jsonl", flags, threads))
+                times[name].append(pair)
+                print(f"  {name}: {pair[0]:.1f} s / {pair[1]:.1f} s", flush=True)
         rows = []
-        for name, flags, threads in configs:
-            t_small = min(run(small, tmp / "o.jsonl", flags, threads)
-                          for _ in range(args.repeats))
-            t_large = min(run(large, tmp / "o.jsonl", flags, threads)
-                          for _ in range(args.repeats))
+        for name, _, _ in configs:
+            t_small = min(t for t, _ in times[name])
+            t_large = min(t for _, t in times[name])
             if t_large - t_small < 1.0:  # within the noise of start-up: no rate to tell
                 raise SystemExit(f"{name}: {args.images} images took {t_large:.1f} s, "
                                  f"{args.base} took {t_small:.1f} s: too close to measure a "
                                  "rate; raise --images")
             steady = (args.images - args.base) / (t_large - t_small)
-            fixed = t_small - args.base / steady
-            rows.append((name, steady, args.images / t_large, fixed))
-            print(f"  {name}: {t_small:.1f} s / {t_large:.1f} s", flush=True)
+            rows.append((name, steady, args.images / t_large, t_small - args.base / steady))
     print(f"{'':52} {'steady img/s':>12} {'whole img/s':>12} {'fixed s':>8}")
     for name, steady, whole, fixed in rows:
         print(f"{name:52} {steady:12.2f} {whole:12.2f} {fixed:8.1f}")
