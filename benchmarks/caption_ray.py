@@ -209,9 +209,11 @@ def main() -> None:
           + f" ({sum(ray_cpu.values()) / local_cpu - 1:+.0%})")
     print(f"ray 1 actor / one machine on one core: {ray1 / one_core:.2f}x; "
           f"ray {cores} actors / ray 1 actor: {ray_all / ray1:.2f}x")
+    bound = 1 / ray_cpu["driver"]
     print(f"on paper, N machines of {cores} cores at this per-actor rate: about "
-          f"{ray1:.1f} x {cores} x N = {ray1 * cores:.1f} N images/s (the driver writes results "
-          "only, far from a bound here)")
+          f"{ray1:.1f} x {cores} x N = {ray1 * cores:.1f} N images/s, until the driver's one core "
+          f"is full at {ray_cpu['driver']:.4f} CPU s per image: {bound:.0f} images/s, "
+          f"N = {bound / (ray1 * cores):.0f}")
     cpu_ratio = local_cpu / sum(ray_cpu.values())
     print_verdict(ray_all >= args.target * local and cpu_ratio >= args.target,
                   f"ray with {cores} actors {ray_all:.2f} img/s = {ray_all / local:.2f}x the "
