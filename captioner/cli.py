@@ -42,6 +42,20 @@ def _add_prepare(sub) -> None:
                        help="image loading processes (default: %(default)s)")
         add_flags(k.add_argument_group("features"), FeatureSpec, dest="features.")
         k.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_engine_args(k)
+
+
+def _add_engine_args(p) -> None:
+    """--engine and the Ray engine's flags (``RayOptions``), for `caption` and `prepare`."""
+    from .engines import ENGINES
+    from .engines.ray_cluster import RayOptions
+
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local: this process and its --workers; ray: Ray Data, the model in a "
+                   "pool of actors, on a local Ray instance or --address's cluster (needs "
+                   "pip install -e \".[ray]\") (default: %(default)s)")
+    add_flags(g, RayOptions, dest="ray.")
 
 
 def _add_train(sub) -> None:
@@ -114,8 +128,9 @@ def _add_evaluate(sub) -> None:
 def _add_caption(sub) -> None:
     cap = sub.add_parser("caption", help="caption image files and folders, one line each")
     _add_decode_args(cap)
-    cap.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders "
-                     "searched recursively for image files")
+    cap.add_argument("images", nargs="*", metavar="IMAGE", help="image files, folders "
+                     "(searched recursively), list files (.txt/.lst: a path a line) or quoted "
+                     "globs ('photos/**/*.jpg')")
     cap.add_argument("--json", action="store_true", help="one JSON object per image")
     cap.add_argument("--output", default=None, metavar="JSONL", type=output_file(),
                      help="append one JSON line per image to this file; images already in it "
@@ -126,6 +141,7 @@ def _add_caption(sub) -> None:
                      help="image decoding processes (default: %(default)s)")
     _add_threads(cap)
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_args(cap)
 
 
 def _add_serve(sub) -> None:

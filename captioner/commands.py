@@ -22,6 +22,7 @@ def prepare(args) -> int:
         flag = next(iter(feature_flags)).replace("_size", "").replace("_", "-")
         raise ValueError(f"--{flag} sets up the features: it needs --features ENCODER")
 
+    engine = _prepare_engine(args, spec)  # None: this machine; refused before any work
     out = Path(args.out)
     created = claim_output(out, args.overwrite)  # before any work: never mixes two datasets
     if interrupted(out):
@@ -30,7 +31,7 @@ def prepare(args) -> int:
     try:
         records = READERS.get(args.source).read(args)
         report = run_prepare(records, out, args.source, args.min_count, args.max_len, spec,
-                             not args.no_progress, args.workers)
+                             not args.no_progress, args.workers, engine=engine)
     except BaseException as exc:
         if not isinstance(exc, (UserError, ValueError)) and interrupted(out):  # keep the work
             print(f"{out}: prepare stopped; run the same command again to continue from the "
@@ -112,13 +113,15 @@ def evaluate(args) -> int:
 
 
 def caption(args) -> int:
+    if _ray_options(args, args.batch_size) is not None:
+        return caption_ray(args)
     from tqdm import tqdm
 
-    from .folder import ResultsFile, caption_batches, escape, find_images
+    from .folder import ResultsFile, caption_batches, escape, expand_sources
     from .inference import Captioner
 
     options = decode_options(args)
-    paths = find_images(args.images)
+    paths = expand_sources(args.images)
     set_threads(args.threads)
     cap = Captioner.load(args.model)
     results = ResultsFile(args.output) if args.output else None
@@ -144,6 +147,70 @@ def caption(args) -> int:
         print(f"{results.path}: {len(todo) - failed} images captioned, {failed} failed, "
               f"{len(paths) - len(todo)} already there")
     return 1 if failed else 0
+
+
+def _ray_options(args, batch_size: int):
+    """The RayOptions of ``--engine ray`` and its flags, model calls of ``batch_size`` images;
+    None for the local engine (which refuses the Ray-only flags)."""
+    from .engines.ray_cluster import RayOptions
+    from .flags import given
+
+    flags = given(args, RayOptions, "ray.")
+    if args.engine != "ray":
+        if flags:
+            named = ", ".join(f"--{f.replace('_', '-')}" for f in flags)
+            raise ValueError(f"{named.replace('--gpus-per-worker', '--worker-gpus')}: only with "
+                             "--engine ray")
+        return None
+    return RayOptions(**flags, batch_size=batch_size)
+
+
+def _prepare_engine(args, spec):
+    """prepare's feature encoder on Ray (``--engine ray``), or None: this machine."""
+    from .engines.ray_cluster import RayOptions
+
+    options = _ray_options(args, spec.batch_size if spec else RayOptions.batch_size)
+    if options is None:
+        return None
+    if spec is None:
+        raise ValueError("--engine ray encodes features on Ray: give --features ENCODER, or "
+                         "leave --engine out")
+    from .engines.ray_prepare import RayFeatures
+
+    return RayFeatures(options)
+
+
+def caption_ray(args) -> int:
+    """``caption SOURCE --output OUT --engine ray``: the captions of `caption DIR --output` on
+    Ray Data; each bad image is one error line here and one error record in OUT."""
+    from tqdm import tqdm
+
+    from .engines.ray_caption import caption_on_ray
+    from .folder import escape, expand_sources
+
+    if not args.output:
+        raise ValueError("--engine ray writes its results to a file: give --output OUT.jsonl "
+                         "(or OUT.parquet)")
+    paths = expand_sources(args.images)
+    bar = None  # opened by the first results: a refusal before any work prints no bar
+
+    def report(records, total):
+        nonlocal bar
+        bar = bar or tqdm(total=total, unit="img", desc="caption", disable=args.no_progress)
+        for r in records:
+            if "error" in r:
+                tqdm.write(f"captioner caption: error: {escape(r['error'])}", file=sys.stderr)
+        bar.update(len(records))
+
+    try:
+        done = caption_on_ray(paths, args.output, args.model, decode_options(args),
+                              _ray_options(args, args.batch_size), report)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{args.output}: {done.captioned} images captioned, {done.failed} failed, "
+          f"{done.already} already there")
+    return 1 if done.failed else 0
 
 
 def serve(args) -> int:

@@ -48,6 +48,16 @@ def broadcast(value, world: int):
     return box[0]
 
 
+def gather(value, world: int) -> list | None:
+    """Every rank's ``value``, in rank order, on rank 0 (None on the others); ``[value]`` when
+    there is one process."""
+    if world == 1:
+        return [value]
+    box = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(value, box, dst=0)
+    return box
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
                   ) -> list[list[int]]:
     """This rank's batches of image indices for an epoch: a permutation fixed by (seed, epoch),

@@ -8,6 +8,7 @@ holds, so a re-run captions only the rest and nothing is captioned twice.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from .decoding import DecodeOptions
 from .inference import Caption, Captioner
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+LIST_EXTENSIONS = (".txt", ".lst")  # a SOURCE ending so is a list of paths, one a line
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[str]:
@@ -41,6 +43,40 @@ def find_images(inputs: Sequence[str | Path]) -> list[str]:
         else:
             found.append(str(item))
     return list(dict.fromkeys(found))
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[str]:
+    """``find_images`` over SOURCEs that may also be list files and globs. A ``.txt`` or
+    ``.lst`` file names one image (or folder) a line: blank lines and ``#`` comments are
+    skipped, relative paths are read from the list's folder. A SOURCE that is no existing
+    path but holds ``*``, ``?`` or ``[`` is a glob (``**`` recursive): matching folders are
+    searched, matching files kept if they have an image extension, each in sorted order. A
+    list or glob that names nothing raises ValueError naming it."""
+    items: list[str] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            named = [str(path.parent / line) if not Path(line).is_absolute() else line
+                     for line in lines if line and not line.startswith("#")]
+            if not named:
+                raise ValueError(f"{path}: an empty list of images (one path a line)")
+            items.extend(named)
+        elif not path.exists() and any(c in str(source) for c in "*?["):
+            matches = []
+            for match in sorted(glob.glob(str(source), recursive=True)):
+                if os.path.isdir(match):  # searched as a folder is, here even when empty
+                    matches.extend(sorted(str(p) for p in Path(match).rglob("*")
+                                          if p.suffix.lower() in IMAGE_EXTENSIONS
+                                          and p.is_file()))
+                elif match.lower().endswith(IMAGE_EXTENSIONS):
+                    matches.append(match)
+            if not matches:
+                raise ValueError(f"{source}: no image files match this pattern")
+            items.extend(matches)
+        else:
+            items.append(str(source))
+    return find_images(items)
 
 
 def escape(text: str) -> str:
@@ -143,3 +179,7 @@ class ResultsFile:
             f.flush()
             os.fsync(f.fileno())
         self.done.update(r["image"] for r in records)
+
+    def close(self) -> None:
+        """Nothing to finish: every batch was durable when ``append`` returned (the
+        ``close()`` that other results writers, such as a Parquet file, need)."""

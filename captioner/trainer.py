@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from .checkpoint import fill, save_checkpoint
 from .data.dataset import CaptionPairs
 from .decoding import DecodeOptions
-from .distributed import broadcast, epoch_batches, leave_group, setup
+from .distributed import broadcast, epoch_batches, gather, leave_group, setup
 from .errors import TrainingError
 from .evaluate import decode_split, score
 from .interrupt import GracefulStop
@@ -104,7 +104,10 @@ class Trainer:
         if "best_bleu4" in self.state:  # a run saved before --select-by
             self.state["best_score"] = self.state.pop("best_bleu4")
         self.seconds = train.get("seconds", 0.0)  # 0: saved before the wall time was kept
-        set_rng_state(train["rng"], self.generator)
+        # each rank's own, when saved by as many ranks: rank 0's in "rng", the others' after it
+        ranks = [train["rng"], *train.get("rank_rng", [])]
+        set_rng_state(ranks[self.rank] if len(ranks) == self.world else ranks[0],
+                      self.generator)
         threads = train.get("threads")
         if threads and threads != torch.get_num_threads() and self.rank == 0:
             print(f"note: this run was trained with {threads} CPU threads and resumes with "
@@ -112,16 +115,19 @@ class Trainer:
                   f"have (set OMP_NUM_THREADS={threads} for that)", file=sys.stderr)
 
     def save(self, name: str, with_train: bool) -> None:
-        """Write ``{name}.safetensors`` (rank 0): the weights and, ``with_train``, everything a
-        resume needs."""
+        """Write ``{name}.safetensors`` (rank 0; every rank calls it): the weights and,
+        ``with_train``, everything a resume needs, each rank's random states among it."""
+        ranks = gather(rng_state(self.generator), self.world) if with_train else None
         if self.rank != 0:
             return
         train = None
         if with_train:
             train = {"train_config": self.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "loop": dict(self.state),
-                     "rng": rng_state(self.generator), "threads": torch.get_num_threads(),
+                     "rng": ranks[0], "threads": torch.get_num_threads(),
                      "seconds": self.wall_seconds()}
+            if self.world > 1:  # the other ranks draw their own dropout masks and locations
+                train["rank_rng"] = ranks[1:]
         save_checkpoint(self.run_dir / f"{name}.safetensors", self.config, self.data.vocab,
                         self.model.state_dict(), train)
 

@@ -70,7 +70,7 @@ def check_train_state(train: Any, path: str | Path) -> None:
     ``loop`` has non-negative integer step/epoch/batch/bad_epochs and a finite best score,
     ``optimizer`` has parameter groups with unique parameter ids, positive finite learning rates
     and state only for those ids, ``scheduler`` has sane counters and one min_lr per group, and
-    ``rng`` holds generator states and Python's. Raises ``ValueError("{path}: field train.X:
+    ``rng`` (and each other rank's in ``rank_rng``) holds generator states and Python's. Raises ``ValueError("{path}: field train.X:
     {problem}")``."""
     t = "train."
     try:
@@ -84,6 +84,11 @@ def check_train_state(train: Any, path: str | Path) -> None:
     groups = _check_optimizer(_get(train, "optimizer", path, t), path, t + "optimizer.")
     _check_scheduler(_get(train, "scheduler", path, t), path, t + "scheduler.", len(groups))
     _check_rng(_get(train, "rng", path, t), path, t + "rng.")
+    ranks = train.get("rank_rng", [])  # ranks 1.. of a run of several processes
+    if not isinstance(ranks, list):
+        _fail(path, t + "rank_rng", f"must be a list, got {_shown(ranks)}")
+    for i, state in enumerate(ranks):
+        _check_rng(state, path, f"{t}rank_rng.{i}.")
 
 
 def _check_loop(loop: Any, path, at: str) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,14 +121,16 @@ def claim_output(out: Path, overwrite: bool = False) -> bool:
 def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
             min_count: int = DEFAULT_MIN_COUNT,
             max_len: int = 20, features: FeatureSpec | None = None, progress: bool = True,
-            workers: int = 2) -> PrepareReport:
+            workers: int = 2, engine: EncodeBatches | None = None) -> PrepareReport:
     """Check every image, build the vocabulary on train, write manifests and (optionally)
     encoder features, loading images in ``workers`` processes. Bad images are skipped and
     reported; PrepareError if none is usable.
     Features are written with their progress (``features/SPLIT.progress.json``, after every
     batch): a prepare killed or interrupted mid-way continues where it stopped when run again
     into the same folder with the same images and encoder, and redoes a split where either
-    differs."""
+    differs. ``engine`` decodes and encodes the images of a split elsewhere (on Ray:
+    ``engines.ray_prepare.RayFeatures``; default ``local_batches``, this machine); the
+    folder it writes is the same."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report = PrepareReport()
@@ -160,7 +163,7 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
             continue
         target = out / "features" / f"{split}.f16" if encoder else None
         kept_by_split[split] = _check_and_encode(recs, split, report, encoder, pre, target,
-                                                 features, progress, workers)
+                                                 features, progress, workers, engine)
     kept_by_split = {s: r for s, r in kept_by_split.items() if r}
     report.kept = {s: len(r) for s, r in kept_by_split.items()}
     if not kept_by_split:
@@ -212,7 +215,28 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def _check_and_encode(records, split, report, encoder, pre, target, spec, progress, workers):
+# (records, preprocess, encoder or None, batch size, workers) -> per batch, in the records'
+# order: (indices of the good images, their features (b, P, D) or None, error lines, images)
+EncodeBatches = Callable[[list[ImageRecord], Preprocess | None, torch.nn.Module | None, int,
+                          int], Iterable[tuple[list[int], torch.Tensor | None, list[str], int]]]
+
+
+def local_batches(records: list[ImageRecord], pre: Preprocess | None,
+                  encoder: torch.nn.Module | None, batch_size: int, workers: int
+                  ) -> Iterator[tuple[list[int], torch.Tensor | None, list[str], int]]:
+    """This machine's ``EncodeBatches``: images loaded in ``workers`` DataLoader processes,
+    encoded here (call it under ``torch.inference_mode()``)."""
+    loader = DataLoader(_ImageSet(records, pre), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, pin_memory=torch.cuda.is_available())
+    device = next(encoder.parameters()).device if encoder is not None else None
+    for good, images, errors, count in loader:
+        feats = encoder(images.to(device, non_blocking=True)) \
+            if encoder is not None and good else None  # (b, P, D)
+        yield good, feats, errors, count
+
+
+def _check_and_encode(records, split, report, encoder, pre, target, spec, progress, workers,
+                      engine=None):
     """Load every image once (in worker processes); with an encoder, write the features of the
     good ones in order into a float16 memmap, truncated to the kept rows at the end, recording
     after each batch how far it got (``_Progress``) so that a rerun continues from there."""
@@ -220,7 +244,6 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
     kept: list[int] = []
     memmap, tmp, state = None, None, None
     if encoder is not None:
-        device = next(encoder.parameters()).device
         shape = (len(records), encoder.grid_size ** 2, encoder.feature_dim)
         row_bytes = shape[1] * shape[2] * np.dtype(FEATURE_DTYPE).itemsize
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -237,16 +260,15 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
         else:
             state.reset()
     start = done = state.done if state else 0
-    loader = DataLoader(_ImageSet(records[start:], pre), batch_size=batch, num_workers=workers,
-                        collate_fn=_collate, pin_memory=torch.cuda.is_available())
+    batches = (engine if engine is not None and encoder is not None else local_batches)(
+        records[start:], pre, encoder, batch, workers)
     bar = tqdm(total=len(records), initial=start, desc=f"{split} images", disable=not progress,
                unit="img")
     with torch.inference_mode():
-        for good, images, errors, count in loader:
+        for good, feats, errors, count in batches:
             report.skipped.extend(errors)
             good = [start + i for i in good]
-            if encoder is not None and good:
-                feats = encoder(images.to(device, non_blocking=True))  # (b, P, D)
+            if feats is not None and good:
                 memmap[len(kept): len(kept) + len(good)] = feats.cpu().numpy().astype(FEATURE_DTYPE)
             kept.extend(good)
             if state:
