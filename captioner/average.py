@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-
 from .checkpoint import Checkpoint, load_checkpoint, read_train_header, save_checkpoint
 from .errors import UserError
 
