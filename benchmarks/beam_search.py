@@ -104,7 +104,7 @@ def tutorial_beam_search(decoder: Decoder, image: torch.Tensor, beam_size: int, 
         scores = F.log_softmax(out.logits, dim=1).masked_fill(banned, float("-inf"))
         if step > max_len:  # our rule: max_len words in, <end> only
             scores = torch.full_like(scores, float("-inf")).index_copy_(
-                1, torch.tensor([end]), scores[:, end:end + 1])
+                1, torch.tensor([end], device=image.device), scores[:, end:end + 1])
         scores = top_k_scores.expand_as(scores) + scores  # (s, vocab_size)
         if step == 1:  # all k beams are equal
             top_k_scores, top_k_words = scores[0].topk(k, 0, True, True)
