@@ -15,7 +15,7 @@ would almost never pick ``<end>`` and every caption would run to ``max_len``. To
 caption lengths, the decoder used here adds a bias to the ``<end>`` logit that ramps with the
 step: ``slope * (t - target)``, where each image's target length (6-18 words, mean ~11) is read
 from its own features, so it is the same for an image whatever batch it is decoded in. That is
-O(B*k) work per step, negligible next to the step itself. Mean caption lengths of both paths are
+O(B*k) work per step, negligible next to the step itself. Mean caption lengths of every path are
 reported.
 
 Target (issue 31): batched >= 8x our per-image loop in images/s with 2 or more threads,
