@@ -46,8 +46,12 @@ TARGET = 3.0
 
 def ours_train_step(model: Decoder, optimizer, alpha_c: float, features, captions, lengths
                     ) -> float:
-    """``captioner train``'s step for a soft-attention decoder on precomputed features."""
-    out = model(features, captions, lengths)
+    """``captioner train``'s step for a soft-attention decoder on precomputed features: what
+    ``Likelihood.loss`` does (``Objective._forward``: the decoder on the batch's captions with
+    their image index, then its logits made float32) and the trainer's backward, clip and
+    Adam step."""
+    out = model(features, captions, lengths, image_index=torch.arange(len(captions)))
+    out.logits = out.logits.float()
     total = sum(caption_losses(out, alpha_c).values())
     optimizer.zero_grad(set_to_none=True)
     total.backward()

@@ -1,7 +1,9 @@
 """The LSTM decoder of Show, Attend and Tell, with an ``init``/``step`` interface.
 
-Teacher forcing (``forward``) and beam search both run the same ``step``, so what the search
-scores is exactly what training optimised.
+Beam search and sampling run ``step`` a word at a time. Teacher forcing (``forward``) computes
+the same function over whole captions, arranged for training speed (the pieces it shares with
+``step`` are the same code; tests/test_decoder_speed_parity.py holds them equal in outputs,
+losses and gradients), so what the search scores is what training optimised.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class StepOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(init=False, eq=False)
 class DecoderOutput:
     """Teacher-forced outputs for a batch, in the batch's own order; positions past a caption's
     end are zero and ``mask`` is False there.
@@ -46,16 +49,20 @@ class DecoderOutput:
     ``logits`` (B, T, V) are made on first use from ``packed``, the logits of the real target
     words only (a loss over words reads those and never pays for the padding)."""
 
+    targets: torch.Tensor  # (B, T) the words to predict
+    mask: torch.Tensor  # (B, T) True where a target is a real word or <end>
+    alpha: torch.Tensor  # (B, T, P)
+    extras: dict[str, torch.Tensor]  # each (B, T)
+    packed: "PackedLogits | None"
+    _logits: torch.Tensor | None  # (B, T, V) once made
+
     def __init__(self, logits: torch.Tensor | None, targets: torch.Tensor, mask: torch.Tensor,
                  alpha: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
                  packed: "PackedLogits | None" = None):
         assert logits is not None or packed is not None
-        self._logits = logits
-        self.targets = targets  # (B, T) the words to predict
-        self.mask = mask  # (B, T) True where a target is a real word or <end>
-        self.alpha = alpha  # (B, T, P)
-        self.extras = extras if extras is not None else {}  # each (B, T)
-        self.packed = packed
+        self.targets, self.mask, self.alpha = targets, mask, alpha
+        self.extras = extras if extras is not None else {}
+        self.packed, self._logits = packed, logits
 
     @property
     def logits(self) -> torch.Tensor:
@@ -86,48 +93,90 @@ class PackedLogits:
     steps: torch.Tensor  # (N,) and position in it
 
 
+class GradientSink:
+    """The gradient of a tensor x whose row prefixes x[:n] many consumers read: one x-sized
+    buffer, never zero-filled, that each consumer's backward writes or adds its rows into.
+
+    Rows [0, ``filled``) hold a gradient already (add into them), the rest nothing yet
+    (overwrite them); a consumer asks for rows in increasing order from 0, so that stays a
+    prefix. A tensor from ``prefixes`` carries its sink as ``gradient_sink``: a backward that
+    knows it (the attention's scores and context) writes there directly and returns no
+    gradient for the slice; any other's gradient is added by the slice's own backward."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.buffer, self.filled = x, None, 0
+
+    def rows(self, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows i:j of the gradient as (the rows to add into, the rows to overwrite)."""
+        assert i <= self.filled, "rows must be asked for in order from 0"
+        if self.buffer is None:
+            self.buffer = torch.empty_like(self.x)
+        k = min(self.filled, j)
+        self.filled = max(self.filled, j)
+        return self.buffer[i:k], self.buffer[k:j]
+
+    def add(self, grad: torch.Tensor) -> None:
+        """Add the gradient of x[:len(grad)]."""
+        old, new = self.rows(0, len(grad))
+        old += grad[: len(old)]
+        new.copy_(grad[len(old):])
+
+    def take(self) -> torch.Tensor | None:
+        """The whole gradient (rows nobody wrote are zero), and the sink is empty again."""
+        buffer, filled = self.buffer, self.filled
+        self.buffer, self.filled = None, 0
+        if buffer is not None:
+            buffer[filled:].zero_()
+        return buffer
+
+
 class _PrefixSum(torch.autograd.Function):
     """x -> a token that every prefix of ``prefixes`` depends on, so x's backward runs once
-    all of theirs have; it hands on the gradient buffer they added into."""
+    all of theirs have; it hands on the gradient the sink gathered."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, buffer: list[torch.Tensor]) -> torch.Tensor:
-        ctx.buffer = buffer
+    def forward(ctx, x: torch.Tensor, sink: GradientSink) -> torch.Tensor:
+        ctx.sink = sink
         return x.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad_token):
-        return (ctx.buffer.pop() if ctx.buffer else None), None
+        return ctx.sink.take(), None
 
 
 class _Prefix(torch.autograd.Function):
-    """x[:n] (a view); its backward adds its gradient into the shared buffer, in place."""
+    """x[:n] (a view); its backward adds its gradient (if its consumers left one) into the
+    sink, in place."""
 
     @staticmethod
     def forward(ctx, token: torch.Tensor, x: torch.Tensor, n: int,
-                buffer: list[torch.Tensor]) -> torch.Tensor:
-        ctx.n, ctx.shape, ctx.buffer = n, x.shape, buffer
+                sink: GradientSink) -> torch.Tensor:
+        ctx.set_materialize_grads(False)
+        ctx.sink = sink
         return x[:n]
 
     @staticmethod
     def backward(ctx, grad):
-        if not ctx.buffer:
-            ctx.buffer.append(grad.new_zeros(ctx.shape))
-        ctx.buffer[0][: ctx.n] += grad
-        return grad.new_zeros(()), None, None, None
+        if grad is not None:
+            ctx.sink.add(grad)
+        return ctx.sink.x.new_zeros(()), None, None, None
 
 
 def prefixes(x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    """``[x[:n] for n in counts]`` whose gradients add into one x-sized buffer. Plain slicing
-    allocates, zero-fills and copies an x-sized gradient for every slice (25 MB a word for the
-    projected features of 64 captions on a 14x14 grid; with the attention's own backward,
-    training is 1.22x faster there on 2 CPU cores: benchmarks/README.md). Without gradients,
+    """``[x[:n] for n in counts]`` whose gradients gather in one x-sized buffer (a
+    ``GradientSink``, each slice's ``gradient_sink``). Plain slicing allocates, zero-fills and
+    copies an x-sized gradient for every slice (25 MB a word for the projected features of 64
+    captions on a 14x14 grid); the attention writes its rows into the buffer in place, without
+    a gradient of the slice's size at each word (benchmarks/README.md). Without gradients,
     plain slices."""
     if not (torch.is_grad_enabled() and x.requires_grad):
         return [x[:n] for n in counts]
-    buffer: list[torch.Tensor] = []
-    token = _PrefixSum.apply(x, buffer)
-    return [_Prefix.apply(token, x.detach(), n, buffer) for n in counts]
+    sink = GradientSink(x.detach())
+    token = _PrefixSum.apply(x, sink)
+    slices = [_Prefix.apply(token, sink.x, n, sink) for n in counts]
+    for s in slices:
+        s.gradient_sink = sink
+    return slices
 
 
 class _WeightGradient(torch.autograd.Function):
@@ -246,9 +295,14 @@ class Decoder(nn.Module):
 
         The same function as looping ``step`` over the words (tested), arranged for speed:
         captions are sorted by length and each step runs only on those still going (no compute
-        on padding), and what does not depend on the recurrence is computed once for all words
-        of the batch outside the time loop: the embeddings' share of the LSTM's input gates,
-        and the deep output layer with the word layer (eq. 7) on the packed real words.
+        on padding); what does not depend on the recurrence is computed once for all words of
+        the batch outside the time loop (the embeddings' share of the LSTM's input gates, and
+        the deep output layer with the word layer, eq. 7, on the packed real words, whose
+        logits the loss reads without padding); the recurrent weights' gradient is one product
+        over all steps, and the features' and projections' gradients gather in place
+        (``prefixes``). Dropout draws its masks once for all words: the same distribution as a
+        draw per word, other draws (a run is reproducible, not the draws of earlier versions).
+        Training speed against the tutorial decoder: ``benchmarks/decoder_vs_reference.py``.
         """
         steps = lengths.to(features.device) - 1  # words to predict per caption
         order = torch.argsort(steps, descending=True, stable=True)

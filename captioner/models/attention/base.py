@@ -111,6 +111,7 @@ class _Context(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(alpha, features)
+        ctx.sink = getattr(features, "gradient_sink", None)
         return torch.bmm(alpha, features)
 
     @staticmethod
@@ -121,8 +122,15 @@ class _Context(torch.autograd.Function):
         grad, features = grad.to(dtype), features.to(dtype)
         grad_alpha = torch.bmm(features, grad.transpose(1, 2)).transpose(1, 2) \
             if ctx.needs_input_grad[0] else None
-        grad_features = torch.bmm(alpha.to(dtype).transpose(1, 2), grad) \
-            if ctx.needs_input_grad[1] else None
+        grad_features = None
+        if ctx.needs_input_grad[1]:
+            alpha_t = alpha.to(dtype).transpose(1, 2)  # (B, P, k)
+            if ctx.sink is None:
+                grad_features = torch.bmm(alpha_t, grad)
+            else:  # written into the features' gradient in place (GradientSink)
+                add, write = ctx.sink.rows(0, len(features))
+                add.baddbmm_(alpha_t[: len(add)], grad[: len(add)])
+                torch.bmm(alpha_t[len(add):], grad[len(add):], out=write)
         return grad_alpha, grad_features
 
 
@@ -152,7 +160,7 @@ class _SigmoidScores(torch.autograd.Function):
         e = torch.cat([_SigmoidScores._sigmoid(h2, projected, i, min(i + block, b), buffer)
                        @ w2.to(dtype) for i in range(0, b, block)])
         ctx.save_for_backward(h2, projected, w2)
-        ctx.block = block
+        ctx.block, ctx.sink = block, getattr(projected, "gradient_sink", None)
         return e
 
     @staticmethod
@@ -164,8 +172,11 @@ class _SigmoidScores(torch.autograd.Function):
         dtype = torch.promote_types(h2.dtype, projected.dtype)
         buffer = projected.new_empty(min(block, b), k, p, a, dtype=dtype)
         w = w2.to(dtype)
+        w2x2 = 2 * w  # d/d projected = 2 d/d(its sum with h2)
         grad_h2 = h2.new_empty(b, k, 1, a, dtype=dtype) if need_h2 else None
-        grad_projected = projected.new_empty(b, p, a, dtype=dtype) if need_projected else None
+        sink = ctx.sink if need_projected else None  # written in place (GradientSink)
+        grad_projected = projected.new_empty(b, p, a, dtype=dtype) \
+            if need_projected and sink is None else None
         grad_w2 = w.new_zeros(a) if need_w2 else None
         grad = grad.to(dtype)
         for i in range(0, b, block):
@@ -178,7 +189,13 @@ class _SigmoidScores(torch.autograd.Function):
             if need_h2:
                 torch.sum(s, 2, keepdim=True, out=grad_h2[i:j])
             if need_projected:
-                torch.mul(s[:, 0] if k == 1 else s.sum(1), 2 * w, out=grad_projected[i:j])
+                rows = s[:, 0] if k == 1 else s.sum(1)  # (j - i, P, A)
+                if sink is None:
+                    torch.mul(rows, w2x2, out=grad_projected[i:j])
+                else:
+                    add, write = sink.rows(i, j)
+                    add.addcmul_(rows[: len(add)], w2x2)
+                    torch.mul(rows[len(add):], w2x2, out=write)
         if need_h2:
             grad_h2.mul_(w)
         return (None if grad_h2 is None else grad_h2.to(h2.dtype),
