@@ -53,12 +53,12 @@ class DecoderOutput:
     mask: torch.Tensor  # (B, T) True where a target is a real word or <end>
     alpha: torch.Tensor  # (B, T, P)
     extras: dict[str, torch.Tensor]  # each (B, T)
-    packed: "PackedLogits | None"
+    packed: PackedLogits | None
     _logits: torch.Tensor | None  # (B, T, V) once made
 
     def __init__(self, logits: torch.Tensor | None, targets: torch.Tensor, mask: torch.Tensor,
                  alpha: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
-                 packed: "PackedLogits | None" = None):
+                 packed: PackedLogits | None = None):
         assert logits is not None or packed is not None
         self.targets, self.mask, self.alpha = targets, mask, alpha
         self.extras = extras if extras is not None else {}
@@ -70,7 +70,7 @@ class DecoderOutput:
         wider) even when the decoder ran under autocast."""
         if self._logits is None:
             p = self.packed
-            logits = p.logits.to(torch.promote_types(p.logits.dtype, torch.float32))
+            logits = p.wide_logits()
             padded = logits.new_zeros(*self.mask.shape, logits.shape[-1])
             padded[p.rows, p.steps] = logits
             self._logits = padded
@@ -91,6 +91,10 @@ class PackedLogits:
     targets: torch.Tensor  # (N,) the words they score
     rows: torch.Tensor  # (N,) each one's caption (row of the batch)
     steps: torch.Tensor  # (N,) and position in it
+
+    def wide_logits(self) -> torch.Tensor:
+        """The logits in float32, or wider (a loss's precision even under autocast)."""
+        return self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
 
 
 class GradientSink:
@@ -167,8 +171,8 @@ def prefixes(x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
     ``GradientSink``, each slice's ``gradient_sink``). Plain slicing allocates, zero-fills and
     copies an x-sized gradient for every slice (25 MB a word for the projected features of 64
     captions on a 14x14 grid); the attention writes its rows into the buffer in place, without
-    a gradient of the slice's size at each word (benchmarks/README.md). Without gradients,
-    plain slices."""
+    a gradient of the slice's size at each word (benchmarks/decoder_vs_reference.py). Without
+    gradients, plain slices."""
     if not (torch.is_grad_enabled() and x.requires_grad):
         return [x[:n] for n in counts]
     sink = GradientSink(x.detach())

@@ -21,8 +21,7 @@ def caption_losses(output: DecoderOutput, alpha_c: float = 0.0, label_smoothing:
     never the padded (B, T, V) ones: the same mean, without building and gathering the padding
     (forward and backward)."""
     p = output.packed
-    terms = {"ce": cross_entropy(p.logits.to(torch.promote_types(p.logits.dtype, torch.float32)),
-                                 p.targets, None, label_smoothing)
+    terms = {"ce": cross_entropy(p.wide_logits(), p.targets, None, label_smoothing)
              if p is not None else
              cross_entropy(output.logits, output.targets, output.mask, label_smoothing)}
     if alpha_c:

@@ -72,8 +72,8 @@ class Attention(nn.Module):
 
     #: on CPU the (rows, P, A) score tensor is computed in blocks of at most this many
     #: elements, in one reused buffer that stays in cache (a beam-search step's whole tensor is
-    #: hundreds of MB; beam search measured 1.5x faster on 2 cores, and training's scores
-    #: forward and backward about 2x faster: benchmarks/README.md)
+    #: hundreds of MB; beam search measured 1.5x faster on 2 cores, benchmarks/README.md;
+    #: training too, forward and backward: ``_SigmoidScores``)
     cpu_block_elements = 1 << 19
 
     def weights(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -143,8 +143,9 @@ class _SigmoidScores(torch.autograd.Function):
     saving it (one pass over ``projected`` each way, nothing of that size kept between them).
     Autograd's backward of the same expression makes three tensors of the full size (the outer
     product of the scores' gradient with w2, the sigmoid's backward, the doubling) from a saved
-    fourth (training throughput before and after: benchmarks/README.md,
-    ``decoder_vs_reference.py``).
+    fourth. The gradient of ``projected`` goes straight into its ``gradient_sink`` when it has
+    one (teacher forcing's slices, ``decoder.prefixes``). Training throughput before and after:
+    ``benchmarks/decoder_vs_reference.py``.
     """
 
     @staticmethod
