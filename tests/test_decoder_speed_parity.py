@@ -119,6 +119,23 @@ def test_teacher_forcing_is_stepping_every_word_in_outputs_losses_and_gradients(
     torch.testing.assert_close(again.alpha, fast.alpha, rtol=0, atol=1e-12)
 
 
+def test_a_graph_run_backward_again_gives_each_pass_its_own_gradients():
+    """What a backward pass gathers across the steps (the recurrent weights' products, the
+    features' and projections' rows) starts again in the next pass through the same graph,
+    even after a pass that ran only part of it (``retain_graph``)."""
+    torch.manual_seed(0)
+    decoder = Decoder(tiny_config(feature_dim=12)).double().train()
+    caps, lengths = _captions()
+    features = torch.rand(5, 16, 12, dtype=torch.double, requires_grad=True)
+    params = [features, *decoder.parameters()]
+    loss = _loss(decoder(features, caps, lengths))
+    torch.autograd.grad(loss, [decoder.attention.score.weight], retain_graph=True)  # a part
+    again = torch.autograd.grad(loss, params)
+    fresh = torch.autograd.grad(_loss(decoder(features, caps, lengths)), params)
+    for a, b in zip(again, fresh):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_packed_logits_are_the_padded_logits_of_the_real_words():
     decoder = Decoder(tiny_config(feature_dim=12)).eval()
     caps, lengths = _captions()

@@ -97,6 +97,13 @@ class PackedLogits:
         return self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
 
 
+def _backward_pass() -> int:
+    """Which backward pass is running (autograd's graph task id, as torch.utils.checkpoint
+    reads it): what a pass gathers across its nodes starts again in the next one (a graph run
+    backward twice, or in part, with ``retain_graph``)."""
+    return torch._C._current_graph_task_id()
+
+
 class GradientSink:
     """The gradient of a tensor x whose row prefixes x[:n] many consumers read: one x-sized
     buffer, never zero-filled, that each consumer's backward writes or adds its rows into.
@@ -108,10 +115,12 @@ class GradientSink:
     gradient for the slice; any other's gradient is added by the slice's own backward."""
 
     def __init__(self, x: torch.Tensor):
-        self.x, self.buffer, self.filled = x, None, 0
+        self.x, self.buffer, self.filled, self.task = x, None, 0, None
 
     def rows(self, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows i:j of the gradient as (the rows to add into, the rows to overwrite)."""
+        if self.task != _backward_pass():  # a new pass: nothing written yet
+            self.buffer, self.filled, self.task = None, 0, _backward_pass()
         assert i <= self.filled, "rows must be asked for in order from 0"
         if self.buffer is None:
             self.buffer = torch.empty_like(self.x)
@@ -126,9 +135,12 @@ class GradientSink:
         new.copy_(grad[len(old):])
 
     def take(self) -> torch.Tensor | None:
-        """The whole gradient (rows nobody wrote are zero), and the sink is empty again."""
+        """This pass's whole gradient (rows nobody wrote are zero; None if nobody wrote), and
+        the sink is empty again."""
         buffer, filled = self.buffer, self.filled
-        self.buffer, self.filled = None, 0
+        if self.task != _backward_pass():
+            buffer = None
+        self.buffer, self.filled, self.task = None, 0, None
         if buffer is not None:
             buffer[filled:].zero_()
         return buffer
@@ -183,22 +195,40 @@ def prefixes(x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
     return slices
 
 
+class _Pairs:
+    """The (output gradient, input) pairs of a backward pass's step products."""
+
+    def __init__(self):
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.task = None
+
+    def append(self, grad: torch.Tensor, x: torch.Tensor) -> None:
+        if self.task != _backward_pass():  # a new pass
+            self.pairs, self.task = [], _backward_pass()
+        self.pairs.append((grad, x))
+
+    def take(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = self.pairs if self.task == _backward_pass() else []
+        self.pairs, self.task = [], None
+        return pairs
+
+
 class _WeightGradient(torch.autograd.Function):
     """w -> a token that every step's product with w depends on, so its backward runs once
     all of theirs have: it makes w's gradient one matrix product over the (output gradient,
     input) pairs they left in ``store``."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, store: list) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, store: _Pairs) -> torch.Tensor:
         ctx.store = store
         return w.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad_token):
-        if not ctx.store:
+        pairs = ctx.store.take()
+        if not pairs:
             return None, None
-        grads, inputs = zip(*ctx.store)
-        ctx.store.clear()
+        grads, inputs = zip(*pairs)
         return torch.cat(grads).t() @ torch.cat(inputs), None
 
 
@@ -217,7 +247,7 @@ class _StepProduct(torch.autograd.Function):
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
         g = grad.to(w.dtype)
-        ctx.store.append((g, x.to(w.dtype)))
+        ctx.store.append(g, x.to(w.dtype))
         grad_x = (g @ w).to(x.dtype) if ctx.needs_input_grad[2] else None
         return grad.new_zeros(()), grad, grad_x, None, None
 
@@ -228,7 +258,7 @@ def step_product(w: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torc
     per step added up (each a fresh w-sized tensor). Without gradients, plain ``addmm``."""
     if not (torch.is_grad_enabled() and w.requires_grad):
         return lambda y, x: torch.addmm(y, x, w.t())
-    store: list[tuple[torch.Tensor, torch.Tensor]] = []
+    store = _Pairs()
     token = _WeightGradient.apply(w, store)
     detached = w.detach()
     return lambda y, x: _StepProduct.apply(token, y, x, detached, store)
