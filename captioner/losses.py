@@ -6,10 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None,
                   label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean -log p(y_t) over real target words (``mask`` True); padding never counts."""
-    return F.cross_entropy(logits[mask], targets[mask], label_smoothing=label_smoothing)
+    """Mean -log p(y_t) over real target words (``mask`` True); padding never counts. With
+    ``mask`` None, ``logits`` (N, V) and ``targets`` (N,) are the real words already."""
+    if mask is not None:
+        logits, targets = logits[mask], targets[mask]
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
 
 
 def caption_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,

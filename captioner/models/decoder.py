@@ -1,14 +1,18 @@
 """The LSTM decoder of Show, Attend and Tell, with an ``init``/``step`` interface.
 
-Teacher forcing (``forward``) and beam search both run the same ``step``, so what the search
-scores is exactly what training optimised.
+Beam search and sampling run ``step`` a word at a time. Teacher forcing (``forward``) computes
+the same function over whole captions, arranged for training speed (the pieces it shares with
+``step`` are the same code; tests/test_decoder_speed_parity.py holds them equal in outputs,
+losses and gradients), so what the search scores is what training optimised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -37,60 +41,227 @@ class StepOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(init=False, eq=False)
 class DecoderOutput:
     """Teacher-forced outputs for a batch, in the batch's own order; positions past a caption's
-    end are zero and ``mask`` is False there."""
+    end are zero and ``mask`` is False there.
 
-    logits: torch.Tensor  # (B, T, V) scores for words 1..T of each caption
+    ``logits`` (B, T, V) are made on first use from ``packed``, the logits of the real target
+    words only (a loss over words reads those and never pays for the padding)."""
+
     targets: torch.Tensor  # (B, T) the words to predict
     mask: torch.Tensor  # (B, T) True where a target is a real word or <end>
     alpha: torch.Tensor  # (B, T, P)
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # each (B, T)
+    extras: dict[str, torch.Tensor]  # each (B, T)
+    packed: PackedLogits | None
+    _logits: torch.Tensor | None  # (B, T, V) once made
+
+    def __init__(self, logits: torch.Tensor | None, targets: torch.Tensor, mask: torch.Tensor,
+                 alpha: torch.Tensor, extras: dict[str, torch.Tensor] | None = None,
+                 packed: PackedLogits | None = None):
+        assert logits is not None or packed is not None
+        self.targets, self.mask, self.alpha = targets, mask, alpha
+        self.extras = extras if extras is not None else {}
+        self.packed, self._logits = packed, logits
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, T, V) scores for words 1..T of each caption, zero past its end; float32 (or
+        wider) even when the decoder ran under autocast."""
+        if self._logits is None:
+            p = self.packed
+            logits = p.wide_logits()
+            padded = logits.new_zeros(*self.mask.shape, logits.shape[-1])
+            padded[p.rows, p.steps] = logits
+            self._logits = padded
+        return self._logits
+
+    @logits.setter
+    def logits(self, value: torch.Tensor) -> None:
+        if value is not self._logits:  # other scores: the packed ones no longer hold
+            self.packed = None
+        self._logits = value
+
+
+@dataclass
+class PackedLogits:
+    """The logits of the real target words of a teacher-forced batch, one row each."""
+
+    logits: torch.Tensor  # (N, V)
+    targets: torch.Tensor  # (N,) the words they score
+    rows: torch.Tensor  # (N,) each one's caption (row of the batch)
+    steps: torch.Tensor  # (N,) and position in it
+
+    def wide_logits(self) -> torch.Tensor:
+        """The logits in float32, or wider (a loss's precision even under autocast)."""
+        return self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
+
+
+def _backward_pass() -> int:
+    """Which backward pass is running (autograd's graph task id, as torch.utils.checkpoint
+    reads it): what a pass gathers across its nodes starts again in the next one (a graph run
+    backward twice, or in part, with ``retain_graph``)."""
+    return torch._C._current_graph_task_id()
+
+
+class GradientSink:
+    """The gradient of a tensor x whose row prefixes x[:n] many consumers read: one x-sized
+    buffer, never zero-filled, that each consumer's backward writes or adds its rows into.
+
+    Rows [0, ``filled``) hold a gradient already (add into them), the rest nothing yet
+    (overwrite them); a consumer asks for rows in increasing order from 0, so that stays a
+    prefix. A tensor from ``prefixes`` carries its sink as ``gradient_sink``: a backward that
+    knows it (the attention's scores and context) writes there directly and returns no
+    gradient for the slice; any other's gradient is added by the slice's own backward."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.buffer, self.filled, self.task = x, None, 0, None
+
+    def rows(self, i: int, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows i:j of the gradient as (the rows to add into, the rows to overwrite)."""
+        if self.task != _backward_pass():  # a new pass: nothing written yet
+            self.buffer, self.filled, self.task = None, 0, _backward_pass()
+        assert i <= self.filled, "rows must be asked for in order from 0"
+        if self.buffer is None:
+            self.buffer = torch.empty_like(self.x)
+        k = min(self.filled, j)
+        self.filled = max(self.filled, j)
+        return self.buffer[i:k], self.buffer[k:j]
+
+    def add(self, grad: torch.Tensor) -> None:
+        """Add the gradient of x[:len(grad)]."""
+        old, new = self.rows(0, len(grad))
+        old += grad[: len(old)]
+        new.copy_(grad[len(old):])
+
+    def take(self) -> torch.Tensor | None:
+        """This pass's whole gradient (rows nobody wrote are zero; None if nobody wrote), and
+        the sink is empty again."""
+        buffer, filled = self.buffer, self.filled
+        if self.task != _backward_pass():
+            buffer = None
+        self.buffer, self.filled, self.task = None, 0, None
+        if buffer is not None:
+            buffer[filled:].zero_()
+        return buffer
 
 
 class _PrefixSum(torch.autograd.Function):
     """x -> a token that every prefix of ``prefixes`` depends on, so x's backward runs once
-    all of theirs have; it hands on the gradient buffer they added into."""
+    all of theirs have; it hands on the gradient the sink gathered."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, buffer: list[torch.Tensor]) -> torch.Tensor:
-        ctx.buffer = buffer
+    def forward(ctx, x: torch.Tensor, sink: GradientSink) -> torch.Tensor:
+        ctx.sink = sink
         return x.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad_token):
-        return (ctx.buffer.pop() if ctx.buffer else None), None
+        return ctx.sink.take(), None
 
 
 class _Prefix(torch.autograd.Function):
-    """x[:n] (a view); its backward adds its gradient into the shared buffer, in place."""
+    """x[:n] (a view); its backward adds its gradient (if its consumers left one) into the
+    sink, in place."""
 
     @staticmethod
     def forward(ctx, token: torch.Tensor, x: torch.Tensor, n: int,
-                buffer: list[torch.Tensor]) -> torch.Tensor:
-        ctx.n, ctx.shape, ctx.buffer = n, x.shape, buffer
+                sink: GradientSink) -> torch.Tensor:
+        ctx.set_materialize_grads(False)
+        ctx.sink = sink
         return x[:n]
 
     @staticmethod
     def backward(ctx, grad):
-        if not ctx.buffer:
-            ctx.buffer.append(grad.new_zeros(ctx.shape))
-        ctx.buffer[0][: ctx.n] += grad
-        return grad.new_zeros(()), None, None, None
+        if grad is not None:
+            ctx.sink.add(grad)
+        return ctx.sink.x.new_zeros(()), None, None, None
 
 
 def prefixes(x: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
-    """``[x[:n] for n in counts]`` whose gradients add into one x-sized buffer. Plain slicing
-    allocates, zero-fills and copies an x-sized gradient for every slice (25 MB a word for the
-    projected features of 64 captions on a 14x14 grid; with the attention's own backward,
-    training is 1.22x faster there on 2 CPU cores: benchmarks/README.md). Without gradients,
-    plain slices."""
+    """``[x[:n] for n in counts]`` whose gradients gather in one x-sized buffer (a
+    ``GradientSink``, each slice's ``gradient_sink``). Plain slicing allocates, zero-fills and
+    copies an x-sized gradient for every slice (25 MB a word for the projected features of 64
+    captions on a 14x14 grid); the attention writes its rows into the buffer in place, without
+    a gradient of the slice's size at each word (benchmarks/decoder_vs_reference.py). Without
+    gradients, plain slices."""
     if not (torch.is_grad_enabled() and x.requires_grad):
         return [x[:n] for n in counts]
-    buffer: list[torch.Tensor] = []
-    token = _PrefixSum.apply(x, buffer)
-    return [_Prefix.apply(token, x.detach(), n, buffer) for n in counts]
+    sink = GradientSink(x.detach())
+    token = _PrefixSum.apply(x, sink)
+    slices = [_Prefix.apply(token, sink.x, n, sink) for n in counts]
+    for s in slices:
+        s.gradient_sink = sink
+    return slices
+
+
+class _Pairs:
+    """The (output gradient, input) pairs of a backward pass's step products."""
+
+    def __init__(self):
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.task = None
+
+    def append(self, grad: torch.Tensor, x: torch.Tensor) -> None:
+        if self.task != _backward_pass():  # a new pass
+            self.pairs, self.task = [], _backward_pass()
+        self.pairs.append((grad, x))
+
+    def take(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        pairs = self.pairs if self.task == _backward_pass() else []
+        self.pairs, self.task = [], None
+        return pairs
+
+
+class _WeightGradient(torch.autograd.Function):
+    """w -> a token that every step's product with w depends on, so its backward runs once
+    all of theirs have: it makes w's gradient one matrix product over the (output gradient,
+    input) pairs they left in ``store``."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, store: _Pairs) -> torch.Tensor:
+        ctx.store = store
+        return w.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_token):
+        pairs = ctx.store.take()
+        if not pairs:
+            return None, None
+        grads, inputs = zip(*pairs)
+        return torch.cat(grads).t() @ torch.cat(inputs), None
+
+
+class _StepProduct(torch.autograd.Function):
+    """y + x w^T for one step; its backward gives y's and x's gradients and leaves w's to
+    ``_WeightGradient`` (w comes detached, the token carries the dependency)."""
+
+    @staticmethod
+    def forward(ctx, token, y, x, w, store):
+        ctx.save_for_backward(x, w)
+        ctx.store = store
+        return torch.addmm(y, x, w.t().to(x.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        g = grad.to(w.dtype)
+        ctx.store.append(g, x.to(w.dtype))
+        grad_x = (g @ w).to(x.dtype) if ctx.needs_input_grad[2] else None
+        return grad.new_zeros(()), grad, grad_x, None, None
+
+
+def step_product(w: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(y, x) = y + x w^T``, called once per step of a loop, whose gradient for w is one
+    matrix product over all the steps' rows, made after their backward, instead of a product
+    per step added up (each a fresh w-sized tensor). Without gradients, plain ``addmm``."""
+    if not (torch.is_grad_enabled() and w.requires_grad):
+        return lambda y, x: torch.addmm(y, x, w.t())
+    store = _Pairs()
+    token = _WeightGradient.apply(w, store)
+    detached = w.detach()
+    return lambda y, x: _StepProduct.apply(token, y, x, detached, store)
 
 
 def build_attention(config: ModelConfig) -> Attention:
@@ -133,13 +304,21 @@ class Decoder(nn.Module):
              words: torch.Tensor, generator: torch.Generator | None = None) -> StepOutput:
         """One word: previous words (B,) and state -> logits for the next word (B, V)."""
         emb = self.embedding(words)  # (B, M)
-        att = self.attention(features, projected, state.h, generator)
-        beta = torch.sigmoid(self.f_beta(state.h)) if self.f_beta is not None else \
-            torch.ones_like(state.h[:, :1])
-        z = beta * att.context  # (B, D)
+        att, beta, z = self._attend(features, projected, state.h, generator)
         h, c = self.lstm(torch.cat([emb, z], dim=1), (state.h, state.c))
-        logits = self.L_o(self.dropout(self.output_act(emb + self.L_h(h) + self.L_z(z))))  # eq. 7
-        return StepOutput(logits, DecoderState(h, c), att.alpha, beta, att.extras)
+        return StepOutput(self._output(emb, h, z), DecoderState(h, c), att.alpha, beta,
+                          att.extras)
+
+    def _attend(self, features, projected, h, generator):
+        """Attention on h_{t-1} and the gated context z_t = beta_t * phi(a, alpha_t)."""
+        att = self.attention(features, projected, h, generator)
+        beta = torch.sigmoid(self.f_beta(h)) if self.f_beta is not None else \
+            torch.ones_like(h[:, :1])
+        return att, beta, beta * att.context  # z (B, D)
+
+    def _output(self, emb, h, z):
+        """Eq. 7: L_o(E y_{t-1} + L_h h_t + L_z z_t), for any number of rows."""
+        return self.L_o(self.dropout(self.output_act(emb + self.L_h(h) + self.L_z(z))))
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
                 generator: torch.Generator | None = None,
@@ -148,32 +327,57 @@ class Decoder(nn.Module):
         counting <start> and <end>. ``features`` are (N, P, D), or (B, P, D) with
         ``image_index`` (N,) naming each caption's image: per-image work is then done once.
 
-        Captions are sorted by length and each step runs only on those still going, so no
-        compute is spent on padding.
+        The same function as looping ``step`` over the words (tested), arranged for speed:
+        captions are sorted by length and each step runs only on those still going (no compute
+        on padding); what does not depend on the recurrence is computed once for all words of
+        the batch outside the time loop (the embeddings' share of the LSTM's input gates, and
+        the deep output layer with the word layer, eq. 7, on the packed real words, whose
+        logits the loss reads without padding); the recurrent weights' gradient is one product
+        over all steps, and the features' and projections' gradients gather in place
+        (``prefixes``). Dropout draws its masks once for all words: the same distribution as a
+        draw per word, other draws (a run is reproducible, not the draws of earlier versions).
+        Training speed against the tutorial decoder: ``benchmarks/decoder_vs_reference.py``.
         """
         steps = lengths.to(features.device) - 1  # words to predict per caption
         order = torch.argsort(steps, descending=True, stable=True)
-        projected, state = self.init(features, generator)
         rows = order if image_index is None else image_index.to(features.device)[order]
         # index_select, not features[rows]: a run is bit-exact at any one thread count (select)
-        features, projected = features.index_select(0, rows), projected.index_select(0, rows)
-        state = state.select(rows)
+        if len(rows) > len(features):  # images with several captions: their work once each
+            projected, state = self.init(features, generator)
+            features, projected = features.index_select(0, rows), projected.index_select(0, rows)
+            state = state.select(rows)
+        else:  # no more captions than images: the captions' features, sorted, then projected
+            features = features.index_select(0, rows)
+            projected, state = self.init(features, generator)
         captions, steps = captions[order], steps[order]
         b, t_max = len(captions), int(steps.max())
         mask = torch.arange(t_max, device=steps.device)[None] < steps[:, None]  # (B, T) sorted
-        outputs: list[StepOutput] = []
         counts = mask.sum(0).tolist()  # captions still going at each step (a prefix)
+        # the real words packed time-major: step 0's captions, then step 1's, ...
+        packed_mask = mask.t()
+        emb = self.embedding(captions[:, :t_max].t()[packed_mask])  # (N, M)
+        m = emb.shape[1]
+        lstm = self.lstm
+        # the embeddings' share of the input gates, W_ih[:, :M] E y_{t-1} + biases, for all words
+        gates_emb = F.linear(emb, lstm.weight_ih[:, :m], lstm.bias_ih + lstm.bias_hh)
+        # the rest, [W_ih[:, M:] W_hh] [z_t; h_{t-1}], is one product a step (and one for its
+        # weights' gradient over all steps)
+        recurrent = step_product(torch.cat([lstm.weight_ih[:, m:], lstm.weight_hh], 1))
         feature_slices = prefixes(features, counts)
         projected_slices = prefixes(projected, counts)
-        for t, n in enumerate(counts):
-            state = DecoderState(state.h[:n], state.c[:n])
-            out = self.step(feature_slices[t], projected_slices[t], state, captions[:n, t],
-                            generator)
-            outputs.append(out)
-            state = out.state
-        # Step outputs are packed time-major; scatter them into (B, T, ...) in one go, in the
-        # batch's original order (one copy forward, one gather backward).
-        t_idx, row = mask.t().nonzero(as_tuple=True)
+        hs, zs, alphas, extras = [], [], [], []
+        h, c = state.h, state.c
+        for t, (n, x) in enumerate(zip(counts, gates_emb.split(counts))):
+            h, c = h[:n], c[:n]
+            att, _, z = self._attend(feature_slices[t], projected_slices[t], h, generator)
+            gates = recurrent(x, torch.cat([z, h], 1))  # (n, 4H): i f g o
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hs.append(h), zs.append(z), alphas.append(att.alpha), extras.append(att.extras)
+        logits = self._output(emb, torch.cat(hs), torch.cat(zs))  # (N, V) eq. 7 on all words
+        # packed -> (B, T, ...) in the batch's original order (one copy forward, one gather back)
+        t_idx, row = packed_mask.nonzero(as_tuple=True)
         row = order[row]  # sorted position -> original position
         inverse = torch.argsort(order)
 
@@ -183,6 +387,7 @@ class Decoder(nn.Module):
             padded[row, t_idx] = packed
             return padded
 
-        extras = {k: unpack([o.extras[k] for o in outputs]) for k in outputs[0].extras}
-        return DecoderOutput(unpack([o.logits for o in outputs]), captions[inverse, 1: t_max + 1],
-                             mask[inverse], unpack([o.alpha for o in outputs]), extras)
+        targets = captions[:, 1: t_max + 1]
+        packed = PackedLogits(logits, targets.t()[packed_mask], row, t_idx)
+        return DecoderOutput(None, targets[inverse], mask[inverse], unpack(alphas),
+                             {k: unpack([e[k] for e in extras]) for k in extras[0]}, packed)

@@ -15,8 +15,15 @@ from .reinforce import choice_terms
 def caption_losses(output: DecoderOutput, alpha_c: float = 0.0, label_smoothing: float = 0.0
                    ) -> dict[str, torch.Tensor]:
     """The likelihood's loss terms for a teacher-forced batch: cross-entropy and, with
-    ``alpha_c``, the doubly stochastic term. (An attention kind that draws adds its own.)"""
-    terms = {"ce": cross_entropy(output.logits, output.targets, output.mask, label_smoothing)}
+    ``alpha_c``, the doubly stochastic term. (An attention kind that draws adds its own.)
+
+    The cross-entropy reads the decoder's packed logits of the real words when it has them,
+    never the padded (B, T, V) ones: the same mean, without building and gathering the padding
+    (forward and backward)."""
+    p = output.packed
+    terms = {"ce": cross_entropy(p.wide_logits(), p.targets, None, label_smoothing)
+             if p is not None else
+             cross_entropy(output.logits, output.targets, output.mask, label_smoothing)}
     if alpha_c:
         terms["doubly_stochastic"] = doubly_stochastic(output.alpha, output.mask, alpha_c)
     return terms

@@ -70,9 +70,10 @@ class Attention(nn.Module):
     def reset(self, batch_size: int, generator: torch.Generator | None = None) -> None:
         """Start a new batch of captions (a stochastic kind draws its per-batch choices here)."""
 
-    #: CPU inference computes the (rows, P, A) score tensor in blocks of at most this many
+    #: on CPU the (rows, P, A) score tensor is computed in blocks of at most this many
     #: elements, in one reused buffer that stays in cache (a beam-search step's whole tensor is
-    #: hundreds of MB; beam search measured 1.5x faster on 2 cores, benchmarks/README.md)
+    #: hundreds of MB; beam search measured 1.5x faster on 2 cores, benchmarks/README.md;
+    #: training too, forward and backward: ``_SigmoidScores``)
     cpu_block_elements = 1 << 19
 
     def weights(self, projected: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -86,52 +87,118 @@ class Attention(nn.Module):
         k = n // b
         h2 = (2 * self.hidden_proj(hidden)).view(b, k, 1, a)
         w2 = 2 * self.score.weight[0]
-        if torch.is_grad_enabled() or projected.device.type != "cpu":
-            e = _SigmoidScores.apply(h2, projected, w2)  # (B, k, P)
-        else:
-            step = max(1, self.cpu_block_elements // (k * p * a))  # images per block
-            buffer = projected.new_empty(min(step, b), k, p, a)
-            e = torch.cat([torch.add(h2[i: i + step], projected[i: i + step, None], alpha=2,
-                                     out=buffer[: min(step, b - i)]).sigmoid_() @ w2
-                           for i in range(0, b, step)])
+        block = max(1, self.cpu_block_elements // (k * p * a)) \
+            if projected.device.type == "cpu" else b
+        e = _SigmoidScores.apply(h2, projected, w2, block)  # (B, k, P)
         return F.softmax(e.view(n, p) + (self.score.bias - self.score.weight.sum()), dim=-1)
 
     @staticmethod
     def context(alpha: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """sum_i alpha_ti a_i: (N, P) with (N, P, D) or image-major (B, P, D) -> (N, D)."""
         n, b = len(alpha), len(features)
-        return torch.bmm(alpha.view(b, n // b, -1), features).view(n, -1)
+        return _Context.apply(alpha.view(b, n // b, -1), features).view(n, -1)
 
     def forward(self, features: torch.Tensor, projected: torch.Tensor, hidden: torch.Tensor,
                 generator: torch.Generator | None = None) -> AttentionOutput:
         raise NotImplementedError
 
 
+class _Context(torch.autograd.Function):
+    """alpha (B, k, P) @ features (B, P, D) -> (B, k, D), whose backward reads the features in
+    their own layout: autograd's (grad @ features^T) runs 2x slower on a CPU than
+    (features @ grad^T), the same products."""
+
+    @staticmethod
+    def forward(ctx, alpha: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(alpha, features)
+        ctx.sink = getattr(features, "gradient_sink", None)
+        return torch.bmm(alpha, features)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        alpha, features = ctx.saved_tensors
+        dtype = torch.promote_types(grad.dtype, features.dtype)  # (under autocast they differ)
+        grad, features = grad.to(dtype), features.to(dtype)
+        grad_alpha = torch.bmm(features, grad.transpose(1, 2)).transpose(1, 2) \
+            if ctx.needs_input_grad[0] else None
+        grad_features = None
+        if ctx.needs_input_grad[1]:
+            alpha_t = alpha.to(dtype).transpose(1, 2)  # (B, P, k)
+            if ctx.sink is None:
+                grad_features = torch.bmm(alpha_t, grad)
+            else:  # written into the features' gradient in place (GradientSink)
+                add, write = ctx.sink.rows(0, len(features))
+                add.baddbmm_(alpha_t[: len(add)], grad[: len(add)])
+                torch.bmm(alpha_t[len(add):], grad[len(add):], out=write)
+        return grad_alpha, grad_features
+
+
 class _SigmoidScores(torch.autograd.Function):
     """e = sigmoid(h2 + 2 projected) @ w2 for h2 (B, k, 1, A), projected (B, P, A), w2 (A,)
-    -> (B, k, P), with a hand-written backward.
+    -> (B, k, P), ``block`` images at a time, with a hand-written backward.
 
-    Autograd's backward of the same expression allocates three tensors of that size (the
-    outer product of the scores' gradient with w2, the sigmoid's backward, the doubling); this
-    one allocates one, s (1 - s), and scales it in place (training throughput before and
-    after: benchmarks/README.md, ``decoder_throughput.py``).
+    The (B, k, P, A) sigmoid never exists whole: each block of images is computed into one
+    reused buffer that stays in cache, and the backward computes it again there instead of
+    saving it (one pass over ``projected`` each way, nothing of that size kept between them).
+    Autograd's backward of the same expression makes three tensors of the full size (the outer
+    product of the scores' gradient with w2, the sigmoid's backward, the doubling) from a saved
+    fourth. The gradient of ``projected`` goes straight into its ``gradient_sink`` when it has
+    one (teacher forcing's slices, ``decoder.prefixes``). Training throughput before and after:
+    ``benchmarks/decoder_vs_reference.py``.
     """
 
     @staticmethod
-    def forward(ctx, h2: torch.Tensor, projected: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-        s = torch.add(h2, projected[:, None], alpha=2).sigmoid_()  # (B, k, P, A)
-        ctx.save_for_backward(s, w2)
-        return s @ w2
+    def _sigmoid(h2, projected, i, j, buffer):
+        return torch.add(h2[i:j], projected[i:j, None], alpha=2, out=buffer[: j - i]).sigmoid_()
+
+    @staticmethod
+    def forward(ctx, h2: torch.Tensor, projected: torch.Tensor, w2: torch.Tensor,
+                block: int) -> torch.Tensor:
+        (b, k, _, a), p = h2.shape, projected.shape[1]
+        dtype = torch.promote_types(h2.dtype, projected.dtype)
+        buffer = projected.new_empty(min(block, b), k, p, a, dtype=dtype)
+        e = torch.cat([_SigmoidScores._sigmoid(h2, projected, i, min(i + block, b), buffer)
+                       @ w2.to(dtype) for i in range(0, b, block)])
+        ctx.save_for_backward(h2, projected, w2)
+        ctx.block, ctx.sink = block, getattr(projected, "gradient_sink", None)
+        return e
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):  # grad (B, k, P)
-        s, w2 = ctx.saved_tensors
-        g = torch.addcmul(s, s, s, value=-1)  # sigmoid'(x) = s (1 - s)
-        g.mul_(grad.unsqueeze(-1)).mul_(2 * w2)  # dL/d projected = 2 dL/d(its sum with h2)
-        grad_h2 = g.sum(2, keepdim=True).mul_(0.5) if ctx.needs_input_grad[0] else None
-        grad_projected = (g[:, 0] if g.shape[1] == 1 else g.sum(1)) if ctx.needs_input_grad[1] \
-            else None
-        grad_w2 = (grad.reshape(1, -1) @ s.reshape(-1, s.shape[-1]))[0] \
-            if ctx.needs_input_grad[2] else None
-        return grad_h2, grad_projected, grad_w2
+        h2, projected, w2 = ctx.saved_tensors
+        block, (b, k, _, a), p = ctx.block, h2.shape, projected.shape[1]
+        need_h2, need_projected, need_w2 = ctx.needs_input_grad[:3]
+        dtype = torch.promote_types(h2.dtype, projected.dtype)
+        buffer = projected.new_empty(min(block, b), k, p, a, dtype=dtype)
+        w = w2.to(dtype)
+        w2x2 = 2 * w  # d/d projected = 2 d/d(its sum with h2)
+        grad_h2 = h2.new_empty(b, k, 1, a, dtype=dtype) if need_h2 else None
+        sink = ctx.sink if need_projected else None  # written in place (GradientSink)
+        grad_projected = projected.new_empty(b, p, a, dtype=dtype) \
+            if need_projected and sink is None else None
+        grad_w2 = w.new_zeros(a) if need_w2 else None
+        grad = grad.to(dtype)
+        for i in range(0, b, block):
+            j = min(i + block, b)
+            s = _SigmoidScores._sigmoid(h2, projected, i, j, buffer)  # (j - i, k, P, A)
+            g = grad[i:j]  # (j - i, k, P)
+            if need_w2:
+                grad_w2 += (g.reshape(1, -1) @ s.reshape(-1, a))[0]
+            s.addcmul_(s, s, value=-1).mul_(g.unsqueeze(-1))  # sigmoid' = s (1 - s), times grad
+            if need_h2:
+                torch.sum(s, 2, keepdim=True, out=grad_h2[i:j])
+            if need_projected:
+                rows = s[:, 0] if k == 1 else s.sum(1)  # (j - i, P, A)
+                if sink is None:
+                    torch.mul(rows, w2x2, out=grad_projected[i:j])
+                else:
+                    add, write = sink.rows(i, j)
+                    add.addcmul_(rows[: len(add)], w2x2)
+                    torch.mul(rows[len(add):], w2x2, out=write)
+        if need_h2:
+            grad_h2.mul_(w)
+        return (None if grad_h2 is None else grad_h2.to(h2.dtype),
+                None if grad_projected is None else grad_projected.to(projected.dtype),
+                None if grad_w2 is None else grad_w2.to(w2.dtype), None)
