@@ -1,6 +1,6 @@
 """Batched beam search against two per-image beam loops.
 
-Ours: ``captioner.search.beam_search`` over all images at once (every image and its k beams
+Ours: ``captioner.beam_search.beam_search`` over all images at once (every image and its k beams
 advance as one tensor step). Per-image loop: the same ``beam_search`` called on one image at a
 time (batch size 1), which is what a search without batching across images costs; the verdict
 is on this one (issue 31). Tutorial loop: ``tutorial_beam_search`` below, one image at a time,
@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from captioner.config import ModelConfig
 from captioner.models.decoder import Decoder, DecoderState
-from captioner.search import banned_mask, beam_search
+from captioner.beam_search import beam_search
+from captioner.search import banned_mask
 from captioner.vocab import Vocabulary
 from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
 

@@ -10,7 +10,7 @@ from captioner.average import average_checkpoints
 from captioner.checkpoint import load_checkpoint, load_model, save_checkpoint
 from captioner.cli import main
 from captioner.models import build_model
-from captioner.search import beam_search
+from captioner.beam_search import beam_search
 from captioner.vocab import Vocabulary
 
 

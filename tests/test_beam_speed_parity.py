@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import pytest
 import torch
 
-import captioner.search as search
+import captioner.beam_search as search
 from captioner.models import build_model
 from captioner.models.ensemble import Ensemble, MemberFeatures
-from captioner.search import Hypothesis, beam_search, inference
+from captioner.beam_search import beam_search
+from captioner.search import Hypothesis, inference
 from captioner.vocab import Vocabulary
 
 from conftest import tiny_config

@@ -16,7 +16,8 @@ from captioner.evaluate import decode_split, evaluate_checkpoint
 from captioner.inference import Captioner
 from captioner.losses import caption_log_likelihood
 from captioner.models import build_model
-from captioner.search import Hypothesis, banned_mask, beam_search, greedy
+from captioner.beam_search import beam_search
+from captioner.search import Hypothesis, banned_mask, greedy
 from captioner.vocab import Vocabulary
 
 END = Vocabulary.end_id

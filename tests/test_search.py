@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from captioner.models import build_model
-from captioner.search import Hypothesis, beam_search, greedy, sample
+from captioner.beam_search import beam_search
+from captioner.search import Hypothesis, greedy, sample
 from captioner.vocab import Vocabulary
 
 from conftest import tiny_config

@@ -6,7 +6,8 @@ import torch
 
 from ..models.decoder import Decoder
 from ..registry import STRATEGIES
-from ..search import Hypothesis, beam_search
+from ..beam_search import beam_search
+from ..search import Hypothesis
 from .options import DecodeOptions
 
 

@@ -58,7 +58,6 @@ class Objective:
             out = (module or ctx.forward)(source, captions.to(ctx.device), lengths,
                                           image_index.to(ctx.device), ctx.generator,
                                           encoded=encoded)
-        out.logits = out.logits.float()
         return out
 
 
