@@ -1,0 +1,371 @@
+"""Frozen encoder forward on a CPU: eager PyTorch against the ways a CPU runs a CNN fast.
+
+In one run, on the same batch of real photos (scikit-image samples, preprocessed as `prepare`
+does), times the frozen ``Encoder`` forward as prepare and caption run it today (eval,
+``torch.inference_mode``, "eager") against: channels-last memory format; batch norm folded into
+the convolutions ("fused", torch.fx) with and without channels-last; TorchScript frozen and
+``optimize_for_inference``; ``torch.compile`` (inductor) plain and with freezing; ONNX Runtime;
+OpenVINO in float32 and in bfloat16. The ``channels_last``, ``onnxruntime`` and ``openvino``
+rows run ``captioner.models.runtime.accelerate`` - the code `prepare` and `caption` would use.
+
+For each path: images/s (best of --repeats, interleaved with the other paths), CPU time per
+image (all threads), the encoder's GFLOP/s and its fraction of this machine's measured
+float32 matrix-multiply peak (a large ``torch.mm``, and the same product through oneDNN, timed
+in the same run: MKL's sgemm runs a narrower code path on AMD CPUs), setup time
+(conversion / export / compile) and first call, and the max abs difference of its features
+from eager's in float32 and after the float16 rounding that prepared features get.
+
+"Same features": max |path - eager| <= 2^-11 * max |eager| (half a float16 step at the largest
+feature: less than the rounding error `prepare` puts on every stored value). Float32 kernels
+that only reorder sums pass by far; bfloat16 does not.
+
+Verdict: the fastest path with the same features, and its speedup over eager; exit status 1
+when none beats eager (target --target, default 1.0x).
+
+Run by hand (never by CI; nothing here asserts a timing):
+
+    .venv/bin/python benchmarks/encoder_runtimes.py --threads 1
+    .venv/bin/python benchmarks/encoder_runtimes.py --image-size 448 --grid 14 --threads 2
+    .venv/bin/python benchmarks/encoder_runtimes.py --encoder efficientnet_lite2 --image-size 288
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import importlib
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import types
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# torch.compile's on-disk caches would make a second run's compile look free: start cold
+_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="bench_inductor_")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _INDUCTOR_CACHE
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import print_verdict  # noqa: E402  (benchmarks/ is on sys.path)
+from torch import fx, nn  # noqa: E402
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
+F16_STEP = 2.0 ** -11  # the tolerance of captioner.models.runtime.FEATURE_RTOL, restated
+
+
+@dataclass
+class Path_:
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    setup_s: float = 0.0
+    first_s: float = 0.0
+    note: str = ""
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    diff32: float = float("nan")
+    diff16: float = float("nan")
+    changed16: float = float("nan")
+
+
+def photos(n: int, size: int, pre, seed: int) -> torch.Tensor:
+    """``n`` random crops (40-100% of the short side, random mirror) of scikit-image's sample
+    photos, preprocessed for the encoder exactly as `prepare` does: (n, 3, size, size)."""
+    import skimage.data
+    from PIL import Image
+
+    from captioner.config import Preprocess
+    from captioner.data.images import build_transform
+
+    transform = build_transform(Preprocess(size, 0, pre.mean, pre.std))
+    sources = [getattr(skimage.data, name)() for name in PHOTOS]
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        photo = sources[i % len(sources)]
+        photo = photo if photo.ndim == 3 else np.stack([photo] * 3, -1)
+        h, w = photo.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.4, 1.0))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = photo[y: y + side, x: x + side]
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+        out.append(transform(Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")))
+    return torch.stack(out)
+
+
+def fold_batchnorm(module: nn.Module) -> fx.GraphModule:
+    """``module`` with every BatchNorm2d that follows a Conv2d folded into its weights (eval);
+    timm's BatchNormAct2d keeps its activation. torch.fx, BatchNorm2d kept as a leaf."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
+
+    graph = Tracer().trace(module)
+    gm = fx.GraphModule(module, graph)
+    mods = dict(gm.named_modules())
+    folded = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(mods[node.target], nn.BatchNorm2d):
+            continue
+        prev = node.args[0]
+        if (isinstance(prev, fx.Node) and prev.op == "call_module"
+                and isinstance(mods[prev.target], nn.Conv2d) and len(prev.users) == 1):
+            bn = mods[node.target]
+            gm.set_submodule(prev.target, fuse_conv_bn_eval(mods[prev.target], bn))
+            rest = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m]
+            gm.set_submodule(node.target, nn.Sequential(*rest) if rest else nn.Identity())
+            folded += 1
+    gm.recompile()
+    gm.folded = folded
+    return gm
+
+
+def cpu_now() -> float:
+    return time.process_time()  # all threads of this process (ORT and OpenVINO pools too)
+
+
+def matmul_peaks(n: int, repeats: int) -> dict[str, float]:
+    """Best float32 n x n matrix product in GFLOP/s (2 n^3 per product): ``torch.mm`` (MKL in
+    the pip wheels) and the same product through oneDNN (``F.linear`` on mkldnn tensors, the
+    library behind PyTorch's CPU convolutions and OpenVINO). MKL takes a narrower code path on
+    some non-Intel CPUs, so the larger of the two is the machine's measured peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    products = {"torch.mm": lambda: torch.mm(a, b)}
+    try:
+        am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+        nn.functional.linear(am, bm)
+        products["oneDNN"] = lambda: nn.functional.linear(am, bm)
+    except (RuntimeError, NotImplementedError):
+        pass
+    out = {}
+    for name, product in products.items():
+        product()
+        out[name] = 2 * n ** 3 / min(_timed(product) for _ in range(repeats)) / 1e9
+    return out
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def build_paths(encoder, size: int, threads: int, example: torch.Tensor) -> list[Path_]:
+    """Every path, built (setup time measured); a path that cannot be built keeps a note."""
+    from captioner.models.runtime import accelerate
+
+    def runtime(name):
+        return lambda: accelerate(encoder, size, name, threads=threads, cache=False, check=False)
+
+    def channels_last(module):
+        m = copy.deepcopy(module).to(memory_format=torch.channels_last)
+        return lambda x: m(x.contiguous(memory_format=torch.channels_last))
+
+    def fused():
+        return fold_batchnorm(copy.deepcopy(encoder))
+
+    def torchscript():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(copy.deepcopy(encoder), example[:2])
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+    def compiled(freezing: bool):
+        def make():
+            import torch._inductor.config as inductor
+
+            inductor.freezing = freezing  # read when the graph compiles (first call, below)
+            module = copy.deepcopy(encoder)
+
+            def forward(images):
+                return module(images)
+            # Dynamo caches compiled graphs per code object and would hand the second variant
+            # the first one's graph: give each variant a code object of its own
+            code = forward.__code__.replace(co_name=f"forward_freezing_{freezing}")
+            fn = types.FunctionType(code, forward.__globals__, None, None, forward.__closure__)
+            return torch.compile(fn, dynamic=False)
+        return make
+
+    def openvino_bf16():
+        import openvino as ov
+
+        from captioner.models.runtime import _onnx_file
+
+        core = ov.Core()
+        with _onnx_file(encoder.blocks, size, None) as path:
+            model = core.read_model(str(path))
+        cm = core.compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+        pool = nn.AdaptiveAvgPool2d(encoder.grid_size)
+        return lambda x: pool(torch.from_numpy(cm(x.numpy())[0].copy())).flatten(2).transpose(1, 2)
+
+    builders = [
+        ("eager", lambda: encoder),
+        ("channels_last (runtime)", lambda: runtime("channels_last")()),
+        ("fused", fused),
+        ("fused + channels_last", lambda: channels_last(fused())),
+        ("torchscript frozen+ofi", torchscript),
+        ("torch.compile", compiled(False)),
+        ("torch.compile freezing", compiled(True)),
+        ("onnxruntime (runtime)", lambda: runtime("onnxruntime")()),
+        ("openvino f32 (runtime)", lambda: runtime("openvino")()),
+        ("openvino bf16", openvino_bf16),
+    ]
+    paths = []
+    for name, build in builders:
+        path = Path_(name)
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start = time.perf_counter()
+                path.fn = build()
+                path.setup_s = time.perf_counter() - start
+                start = time.perf_counter()
+                path.fn(example)  # first call: compiles / allocates / picks kernels
+                path.first_s = time.perf_counter() - start
+        except Exception as exc:  # a missing package or a failed export is a row, not a crash
+            path.fn, path.note = None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:70]}"
+        paths.append(path)
+        if name == "fused" and path.fn is not None:
+            path.note = f"{path.fn.folded} BN folded"
+    return paths
+
+
+def versions() -> str:
+    out = [f"python {platform.python_version()}", f"torch {torch.__version__}"]
+    for name in ("timm", "onnx", "onnxruntime", "openvino"):
+        try:
+            out.append(f"{name} {importlib.import_module(name).__version__}")
+        except ImportError:
+            out.append(f"{name} absent")
+    return ", ".join(out)
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> str:
+    try:
+        return open("/proc/loadavg").read().strip()
+    except OSError:
+        return "n/a"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoder", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=224, help="input side S")
+    p.add_argument("--grid", type=int, default=None,
+                   help="pooled grid G (default: the backbone's own map at S, e.g. 14 at 448)")
+    p.add_argument("--batch", type=int, default=32, help="images per forward")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="threads of every runtime (torch, ONNX Runtime, OpenVINO)")
+    p.add_argument("--repeats", type=int, default=3, help="timed forwards per path (best counts)")
+    p.add_argument("--mm-size", type=int, default=4096, help="side of the peak torch.mm")
+    p.add_argument("--target", type=float, default=1.0, help="speedup over eager to PASS")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    torch.set_num_threads(args.threads)
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from captioner.models.encoder import Encoder, get_backbone
+
+    print(f"{datetime.datetime.now():%Y-%m-%d %H:%M} | {cpu_model()} | {os.cpu_count()} cores "
+          f"| loadavg {loadavg()}")
+    print(versions())
+    backbone = get_backbone(args.encoder)
+    size = args.image_size
+    with torch.inference_mode():
+        fmap = nn.Sequential(*backbone.blocks).eval()(torch.zeros(1, 3, size, size))
+    grid = args.grid or fmap.shape[-1]
+    encoder = Encoder(backbone, grid, trainable_blocks=0).eval()
+    images = photos(args.batch, size, backbone.preprocess, args.seed)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        encoder(images[:1])
+    flops = counter.get_total_flops()  # per image (2 per multiply-add)
+    peaks = matmul_peaks(args.mm_size, 3)
+    peak = max(peaks.values())
+    print(f"config: encoder={args.encoder} S={size} grid={grid}x{grid} (map "
+          f"{fmap.shape[-2]}x{fmap.shape[-1]}) D={encoder.feature_dim} batch={args.batch} "
+          f"threads={args.threads} repeats={args.repeats} (best, interleaved)")
+    print(f"encoder: {flops / 1e9:.3f} GFLOP/image (FlopCounterMode); float32 matmul "
+          f"{args.mm_size}^2, best of 3, {args.threads} thread(s): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items())
+          + f" GFLOP/s; peak = {peak:.1f}")
+
+    with torch.inference_mode():
+        reference = encoder(images)
+    paths = build_paths(encoder, size, args.threads, images)
+    for r in range(args.repeats):  # interleaved: a busy neighbour hurts every path alike
+        for path in paths:
+            if path.fn is None:
+                continue
+            with torch.inference_mode():
+                c0, t0 = cpu_now(), time.perf_counter()
+                out = torch.as_tensor(path.fn(images))
+                path.walls.append(time.perf_counter() - t0)
+                path.cpus.append(cpu_now() - c0)
+            if r == 0:
+                ref16, out16 = reference.half().float(), out.half().float()
+                path.diff32 = (out - reference).abs().max().item()
+                path.diff16 = (out16 - ref16).abs().max().item()
+                path.changed16 = (out16 != ref16).float().mean().item() * 100
+        print(f"  round {r + 1}/{args.repeats} done, loadavg {loadavg()}", flush=True)
+
+    tolerance = F16_STEP * reference.abs().max().item()
+    eager_ips = args.batch / min(paths[0].walls)
+    print(f"same features: max|diff| <= {tolerance:.2e} (2^-11 x max|eager| = "
+          f"{reference.abs().max().item():.3f}); float16 step at that value "
+          f"{2 * tolerance:.2e}")
+    head = (f"{'path':<25}{'img/s':>8}{'x eager':>8}{'cpu ms/img':>11}{'GFLOP/s':>9}"
+            f"{'% peak':>7}{'setup s':>8}{'1st s':>7}{'max|d| f32':>11}{'max|d| f16':>11}"
+            f"{'f16 chg%':>9}  same")
+    print(head)
+    best = None
+    for path in paths:
+        if path.fn is None:
+            print(f"{path.name:<25}  unavailable: {path.note}")
+            continue
+        ips = args.batch / min(path.walls)
+        cpu_ms = statistics.median(path.cpus) / args.batch * 1e3
+        gflops = flops * ips / 1e9
+        same = path.diff32 <= tolerance
+        print(f"{path.name:<25}{ips:>8.1f}{ips / eager_ips:>8.2f}{cpu_ms:>11.1f}{gflops:>9.1f}"
+              f"{100 * gflops / peak:>7.1f}{path.setup_s:>8.2f}{path.first_s:>7.2f}"
+              f"{path.diff32:>11.2e}{path.diff16:>11.2e}{path.changed16:>9.3f}  "
+              f"{'yes' if same else 'NO'}{'  ' + path.note if path.note else ''}")
+        if same and path is not paths[0] and (best is None or ips > best[1]):
+            best = (path.name, ips)
+    print("img/s: best of the timed forwards; cpu ms/img: median, all threads of this process; "
+          "setup: build/convert/export; 1st: first forward (torch.compile compiles there)")
+    print(f"loadavg at end: {loadavg()}")
+    shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
+    speedup = best[1] / eager_ips if best else 0.0
+    passed = best is not None and speedup > args.target
+    text = (f"fastest path with the same features: {best[0]}, {best[1]:.1f} img/s, "
+            f"{speedup:.2f}x eager ({eager_ips:.1f} img/s; target > {args.target}x)"
+            if best else "no path gives the same features as eager")
+    print_verdict(passed, text, load_before)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
