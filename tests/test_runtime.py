@@ -173,3 +173,15 @@ def test_the_onnx_export_is_cached_and_follows_the_weights(tmp_path, monkeypatch
     assert len(list(tmp_path.glob("*.onnx"))) == 2
     x = images(2, 64)
     assert same_features(fast(x), eager(encoder, x))
+
+
+@needs("onnxruntime")
+def test_the_cache_keeps_only_the_most_recent_exports(tmp_path, monkeypatch):
+    monkeypatch.setattr(rt, "CACHE_KEEP", 1)
+    torch.manual_seed(0)
+    encoder = Encoder(get_backbone("tiny"), 4).eval()
+    accelerate(encoder, 64, "onnxruntime", cache_dir=tmp_path)
+    first = list(tmp_path.glob("*.onnx"))
+    accelerate(encoder, 32, "onnxruntime", cache_dir=tmp_path)  # another input size
+    kept = list(tmp_path.glob("*.onnx"))
+    assert len(kept) == 1 and kept != first

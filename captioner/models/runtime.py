@@ -20,11 +20,13 @@ the weights, so a second call loads it in milliseconds. Nothing is downloaded.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import importlib
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -106,8 +108,12 @@ def _build_openvino(blocks: nn.Module, size: int, threads: int, cache: Path | No
     compiled = core.compile_model(model, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
-    # the output buffer is reused by the next call: copy it out
-    return lambda images: torch.from_numpy(compiled(images.numpy())[0].copy())
+    request, lock = compiled.create_infer_request(), threading.Lock()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with lock:  # one request, reused: its output buffer is overwritten by the next call
+            return torch.from_numpy(request.infer([images.numpy()])[0].copy())
+    return run
 
 
 RUNTIMES: dict[str, Runtime] = {
@@ -160,10 +166,13 @@ def same_features(features: torch.Tensor, reference: torch.Tensor) -> bool:
     return (features - reference).abs().max().item() <= FEATURE_RTOL * scale
 
 
+#: Exports kept in the cache folder; the least recently used beyond this are deleted.
+CACHE_KEEP = 8
+
+
 def default_cache_dir() -> Path:
     """Where exported ONNX files are kept: a per-user folder in the system's temp dir."""
-    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
-    return Path(tempfile.gettempdir()) / f"captioner-runtimes-{user}"
+    return Path(tempfile.gettempdir()) / f"captioner-runtimes-{getpass.getuser()}"
 
 
 def accelerate(encoder: Encoder, input_size: int, runtime: str = "auto",
@@ -257,8 +266,13 @@ class _onnx_file:
             _export(self.blocks, self.size, str(path))
             return path
         path = self.cache / f"{_fingerprint(self.blocks, self.size)}.onnx"
-        if not path.exists():
+        if path.exists():
+            os.utime(path)  # recently used: kept by the pruning below
+        else:
             atomic_write(path, lambda tmp: _export(self.blocks, self.size, tmp))
+            kept = sorted(self.cache.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
+            for old in kept[:-CACHE_KEEP]:
+                old.unlink(missing_ok=True)
         return path
 
     def __exit__(self, *exc) -> None:
