@@ -133,7 +133,8 @@ def cpu_now() -> float:
 
 
 def matmul_peaks(n: int, repeats: int) -> dict[str, float]:
-    """Best float32 n x n matrix product in GFLOP/s (2 n^3 per product): ``torch.mm`` (MKL in
+    """Best float32 n x n matrix product in GFLOP/s (2 n^3 per product), per wall second and
+    per CPU second (the latter barely moves when neighbours share the cores): ``torch.mm`` (MKL in
     the pip wheels) and the same product through oneDNN (``F.linear`` on mkldnn tensors, the
     library behind PyTorch's CPU convolutions and OpenVINO). MKL takes a narrower code path on
     some non-Intel CPUs, so the larger of the two is the machine's measured peak."""
@@ -148,7 +149,13 @@ def matmul_peaks(n: int, repeats: int) -> dict[str, float]:
     out = {}
     for name, product in products.items():
         product()
-        out[name] = 2 * n ** 3 / min(_timed(product) for _ in range(repeats)) / 1e9
+        walls, cpus = [], []
+        for _ in range(repeats):
+            c0 = cpu_now()
+            walls.append(_timed(product))
+            cpus.append(cpu_now() - c0)
+        out[name] = 2 * n ** 3 / min(walls) / 1e9
+        out[f"{name} per cpu-s"] = 2 * n ** 3 / min(cpus) / 1e9
     return out
 
 
@@ -244,26 +251,49 @@ def build_paths(encoder, size: int, threads: int, example: torch.Tensor,
     return paths
 
 
-def setup_costs(encoder, size: int, threads: int, images: torch.Tensor) -> str:
-    """What ``accelerate(encoder, size)`` ("auto", with its check against eager) costs before
-    the first batch: with an empty export cache, then again with the cache filled; and the
-    first calls at batch 1 and at a new batch size (some runtimes prepare each shape once)."""
-    from captioner.models.runtime import accelerate
+def batch_invariance(paths: list[Path_], images: torch.Tensor, n: int = 4) -> str:
+    """Max |features of the first ``n`` images in the whole batch - the same images one at a
+    time|, per path that takes any batch size without recompiling (eager PyTorch is not
+    batch-invariant: its kernels and their summation order depend on the batch size)."""
+    out = []
+    for path in paths:
+        if path.fn is None or not (path.name == "eager" or "(runtime)" in path.name):
+            continue
+        with torch.inference_mode():
+            whole = torch.as_tensor(path.fn(images))[:n]
+            alone = torch.cat([torch.as_tensor(path.fn(images[i: i + 1])) for i in range(n)])
+        out.append(f"{path.name.replace(' (runtime)', '')} {(whole - alone).abs().max().item():.2e}")
+    return (f"batch {len(images)} vs one image at a time, first {n} images, max|d| f32: "
+            + ", ".join(out))
 
-    cache = tempfile.mkdtemp(prefix="bench_runtime_cache_")
-    try:
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fast = accelerate(encoder, size, "auto", threads=threads, cache_dir=cache)
-            times.append(time.perf_counter() - start)
-        first = [_timed(lambda: fast(images[:n])) for n in (1, 1, 3)]
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-    return (f"accelerate(auto) -> {fast.name}: setup {times[0]:.2f} s with an empty cache, "
-            f"{times[1]:.2f} s from the cache (both include the check on 2 images); first call "
-            f"at batch 1 {first[0]:.3f} s, second {first[1]:.3f} s, first at batch 3 "
-            f"{first[2]:.3f} s")
+
+def setup_costs(encoder, size: int, threads: int, images: torch.Tensor) -> list[str]:
+    """What ``accelerate(encoder, size, name)`` (with its check against eager) costs before the
+    first batch, for each installed runtime: with an empty export cache, then with the cache
+    filled; and its first calls at batch 1 and at new batch sizes 3 and 16 (some runtimes
+    prepare each input shape once), against the second call at batch 1."""
+    from captioner.models.runtime import RUNTIMES, accelerate
+
+    lines = []
+    for name in ("onnxruntime", "openvino"):
+        if RUNTIMES[name].missing():
+            continue
+        cache = tempfile.mkdtemp(prefix="bench_runtime_cache_")
+        try:
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                fast = accelerate(encoder, size, name, threads=threads, cache_dir=cache)
+                times.append(time.perf_counter() - start)
+            batches = [images[torch.arange(n) % len(images)] for n in (1, 1, 3, 16)]
+            first = [_timed(lambda: fast(batch)) for batch in batches]
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        lines.append(f"accelerate({name!r}): setup {times[0]:.2f} s with an empty cache, "
+                     f"{times[1]:.2f} s from the cache (both with the check on 2 images); calls: "
+                     f"first at batch 1 {first[0]:.3f} s, second {first[1]:.3f} s, first at "
+                     f"batch 3 {first[2]:.3f} s, first at batch 16 {first[3]:.3f} s")
+    return lines
 
 
 def versions() -> str:
@@ -330,14 +360,15 @@ def main() -> int:
         encoder(images[:1])
     flops = counter.get_total_flops()  # per image (2 per multiply-add)
     peaks = matmul_peaks(args.mm_size, 3)
-    peak = max(peaks.values())
+    peak = max(v for k, v in peaks.items() if "cpu" not in k)
+    peak_cpu = max(v for k, v in peaks.items() if "cpu" in k)
     print(f"config: encoder={args.encoder} S={size} grid={grid}x{grid} (map "
           f"{fmap.shape[-2]}x{fmap.shape[-1]}) D={encoder.feature_dim} batch={args.batch} "
           f"threads={args.threads} repeats={args.repeats} (best, interleaved)")
     print(f"encoder: {flops / 1e9:.3f} GFLOP/image (FlopCounterMode); float32 matmul "
           f"{args.mm_size}^2, best of 3, {args.threads} thread(s): "
           + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items())
-          + f" GFLOP/s; peak = {peak:.1f}")
+          + f" GFLOP/s; peak = {peak:.1f} per wall second, {peak_cpu:.1f} per CPU second")
 
     with torch.inference_mode():
         reference = encoder(images)
@@ -366,7 +397,7 @@ def main() -> int:
           f"{reference.abs().max().item():.3f}); float16 step at that value "
           f"{2 * tolerance:.2e}")
     head = (f"{'path':<25}{'img/s':>8}{'x eager':>8}{'cpu ms/img':>11}{'x (cpu)':>8}{'GFLOP/s':>9}"
-            f"{'% peak':>7}{'setup s':>8}{'1st s':>7}{'max|d| f32':>11}{'max|d| f16':>11}"
+            f"{'% peak':>7}{'%pk cpu':>8}{'setup s':>8}{'1st s':>7}{'max|d| f32':>11}{'max|d| f16':>11}"
             f"{'f16 chg%':>9}  same")
     print(head)
     best = None
@@ -380,16 +411,20 @@ def main() -> int:
         same = path.diff32 <= tolerance
         print(f"{path.name:<25}{ips:>8.1f}{ips / eager_ips:>8.2f}{cpu_ms:>11.1f}"
               f"{eager_cpu / cpu_ms:>8.2f}{gflops:>9.1f}"
-              f"{100 * gflops / peak:>7.1f}{path.setup_s:>8.2f}{path.first_s:>7.2f}"
+              f"{100 * gflops / peak:>7.1f}{100 * flops / cpu_ms / 1e6 / peak_cpu:>8.1f}"
+              f"{path.setup_s:>8.2f}{path.first_s:>7.2f}"
               f"{path.diff32:>11.2e}{path.diff16:>11.2e}{path.changed16:>9.3f}  "
               f"{'yes' if same else 'NO'}{'  ' + path.note if path.note else ''}")
         if same and path is not paths[0] and (best is None or ips > best[1]):
             best = (path.name, ips)
     print("img/s: best of the timed forwards; cpu ms/img: median, all threads of this process "
           "(x (cpu): eager's over the path's; steadier under load, but at 2+ threads it counts "
-          "PyTorch's spin-waiting OpenMP threads); setup: build/convert/export; 1st: first "
-          "forward (torch.compile compiles there)")
-    print(setup_costs(encoder, size, args.threads, images))
+          "PyTorch's spin-waiting OpenMP threads); % peak: GFLOP/s over the matmul peak, "
+          "%pk cpu: the same per CPU second; setup: build/convert/export; 1st: first forward "
+          "(torch.compile compiles there)")
+    print(batch_invariance(paths, images))
+    for line in setup_costs(encoder, size, args.threads, images):
+        print(line)
     print(f"loadavg at end: {loadavg()}")
     shutil.rmtree(_INDUCTOR_CACHE, ignore_errors=True)
     speedup = best[1] / eager_ips if best else 0.0
