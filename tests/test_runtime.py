@@ -13,8 +13,14 @@ import torch
 
 from captioner.models import runtime as rt
 from captioner.models.encoder import Encoder, get_backbone
-from captioner.models.runtime import (AUTO_ORDER, RUNTIMES, Runtime, RuntimeUnavailable,
-                                      accelerate, same_features)
+from captioner.models.runtime import (
+    AUTO_ORDER,
+    RUNTIMES,
+    Runtime,
+    RuntimeUnavailable,
+    accelerate,
+    same_features,
+)
 
 PACKAGES = ("onnxruntime", "openvino", "onnx")
 

@@ -181,7 +181,8 @@ def accelerate(encoder: Encoder, input_size: int, runtime: str = "auto",
                threads: int | None = None, cache: bool = True,
                cache_dir: str | Path | None = None, check: bool = True) -> EncoderRuntime:
     """``encoder`` (eval mode) behind ``runtime`` for (B, 3, ``input_size``, ``input_size``)
-    images, on ``threads`` CPU threads (default: ``torch.get_num_threads()``).
+    images; ONNX Runtime and OpenVINO use ``threads`` CPU threads (default:
+    ``torch.get_num_threads()``), the PyTorch runtimes torch's own setting.
 
     ``runtime`` is a name in ``RUNTIMES`` or ``"auto"``: the first of ``AUTO_ORDER`` that is
     installed, converts and gives the eager features (``same_features`` on two random images
@@ -272,14 +273,25 @@ class _onnx_file:
             os.utime(path)  # recently used: kept by the pruning below
         else:
             atomic_write(path, lambda tmp: _export(self.blocks, self.size, tmp))
-            kept = sorted(self.cache.glob("*.onnx"), key=lambda p: p.stat().st_mtime)
-            for old in kept[:-CACHE_KEEP]:
-                old.unlink(missing_ok=True)
+            _prune(self.cache)
         return path
 
     def __exit__(self, *exc) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _prune(folder: Path) -> None:
+    """Delete all but the ``CACHE_KEEP`` most recently used exports (another process may be
+    pruning too: a file gone meanwhile is fine)."""
+    def used(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    for old in sorted(folder.glob("*.onnx"), key=used)[:-CACHE_KEEP]:
+        old.unlink(missing_ok=True)
 
 
 def _fingerprint(blocks: nn.Module, size: int) -> str:
