@@ -17,9 +17,10 @@ def load_note(before: float) -> str | None:
             "(rerun, or compare at --threads 1 where CPU time is the steadier figure)")
 
 
-def print_verdict(passed: bool, text: str, load_before: float) -> None:
+def print_verdict(passed: bool, text: str, load_before: float) -> int:
     """The closing lines every benchmark prints: a load note if the CPU was shared, then
-    ``verdict: PASS|MISS: text``."""
+    ``verdict: PASS|MISS: text``; returns the script's exit status (1: MISS)."""
     if note := load_note(load_before):
         print(note)
     print(f"verdict: {'PASS' if passed else 'MISS'}: {text}")
+    return 0 if passed else 1

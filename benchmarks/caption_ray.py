@@ -139,7 +139,7 @@ def cpu_per_image(checkpoint: Path, paths: list[str], beam: int, batch: int
     return local, {k: v / n for k, v in parts.items()}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
     ap.add_argument("--lite2", action="store_true", help="an EfficientNet-Lite2 model with an "
@@ -215,12 +215,13 @@ def main() -> None:
           f"is full at {ray_cpu['driver']:.4f} CPU s per image: {bound:.0f} images/s, "
           f"N = {bound / (ray1 * cores):.0f}")
     cpu_ratio = local_cpu / sum(ray_cpu.values())
-    print_verdict(ray_all >= args.target * local and cpu_ratio >= args.target,
-                  f"ray with {cores} actors {ray_all:.2f} img/s = {ray_all / local:.2f}x the "
-                  f"one-machine caption DIR {local:.2f} img/s, and {cpu_ratio:.2f}x its images "
-                  f"per CPU second (target >= {args.target:g}x both: overhead <= "
-                  f"{1 - args.target:.0%})", load_before)
+    passed = ray_all >= args.target * local and cpu_ratio >= args.target
+    return print_verdict(passed, f"ray with {cores} actors {ray_all:.2f} img/s = "
+                         f"{ray_all / local:.2f}x the one-machine caption DIR {local:.2f} img/s, "
+                         f"and {cpu_ratio:.2f}x its images per CPU second (target >= "
+                         f"{args.target:g}x both: overhead <= {1 - args.target:.0%})",
+                         load_before)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,9 +2,10 @@
 
 Measures images/s of ``prepare(records, out, ..., features=FeatureSpec(encoder))`` - the real
 pipeline: JPEG decode + preprocessing in DataLoader worker processes, the frozen encoder's
-forward in the main process, float16 memmap writes, vocabulary/manifests/encoder weights - and,
-in the same run, the bare ``Encoder`` forward (eval mode, ``torch.inference_mode``) over the same
-images already decoded into tensors, with the same batch size and thread count.
+forward in the main process on ``--runtime`` (``FeatureSpec.runtime``), float16 memmap writes,
+vocabulary/manifests/encoder weights - and, in the same run, the bare encoder forward on the same
+runtime (``accelerate``, ``torch.inference_mode``) over the same images already decoded into
+tensors, with the same batch size and thread count.
 
 Target: prepare >= 0.8x the bare forward (images/s).
 
@@ -80,7 +81,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=200, help="JPEGs to write and prepare")
     p.add_argument("--size", type=int, default=224, help="side of the written JPEGs")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="FeatureSpec.num_workers")
+    p.add_argument("--workers", type=int, default=2, help="prepare's image loading processes")
+    p.add_argument("--runtime", default="auto", help="the encoder runtime (FeatureSpec.runtime)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch intra-op threads in the main process (default: all cores)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs of each; the best counts")
@@ -94,6 +96,7 @@ def main() -> int:
     from captioner.data.prepare import FeatureSpec, prepare
     from captioner.data.records import ImageRecord
     from captioner.models.encoder import Encoder, get_backbone
+    from captioner.models.runtime import accelerate
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
@@ -108,13 +111,14 @@ def main() -> int:
         backbone = get_backbone(args.encoder)
         build_s = time.perf_counter() - t0
         pre, grid = backbone.preprocess, backbone.grid_size
-        encoder = Encoder(backbone, grid, trainable_blocks=0).eval()
+        encoder = accelerate(Encoder(backbone, grid, trainable_blocks=0).eval(),
+                             pre.input_size, args.runtime)
         t0 = time.perf_counter()
         images = torch.stack([build_transform(pre)(load_image(path)) for path in paths])
         decode_s = time.perf_counter() - t0
         bare_forward(encoder, images[: args.batch_size], args.batch_size)  # warm-up
 
-        spec = FeatureSpec(args.encoder, batch_size=args.batch_size, num_workers=args.workers)
+        spec = FeatureSpec(args.encoder, batch_size=args.batch_size, runtime=args.runtime)
         bare_times, prep_times, bare_cpus, prep_cpus = [], [], [], []
         for r in range(args.repeats):  # interleaved, so a busy neighbour hurts both alike
             c0 = cpu_seconds()
@@ -122,7 +126,8 @@ def main() -> int:
             bare_cpus.append(cpu_seconds() - c0)
             out = tmp / f"prepared_{r}"
             t0, c0 = time.perf_counter(), cpu_seconds()
-            report = prepare(records, out, "bench", min_count=1, features=spec, progress=False)
+            report = prepare(records, out, "bench", min_count=1, features=spec, progress=False,
+                             workers=args.workers)
             prep_times.append(time.perf_counter() - t0)
             prep_cpus.append(cpu_seconds() - c0)
             assert report.kept == {"train": args.images}, report.summary()
@@ -142,12 +147,13 @@ def main() -> int:
         print(f"config: encoder={args.encoder} images={n} jpeg={args.size}x{args.size} "
               f"input={pre.input_size} grid={grid}x{grid} D={backbone.feature_dim} "
               f"batch={args.batch_size} workers={args.workers} torch_threads={args.threads} "
+              f"runtime={encoder.name} "
               f"(workers run 1 thread each) cores={os.cpu_count()} repeats={args.repeats} (best) "
               f"torch={torch.__version__} python={platform.python_version()}")
         print(f"setup: wrote JPEGs {write_s:.2f}s, get_backbone {build_s:.2f}s, "
               f"decode+preprocess in-process {decode_s:.2f}s ({n / decode_s:.0f} img/s)")
         rows = [
-            ("bare Encoder forward (preloaded tensors)", bare_s, bare_ips, bare_cpu, bare_times),
+            ("bare forward (preloaded tensors)", bare_s, bare_ips, bare_cpu, bare_times),
             ("prepare(..., features=FeatureSpec)", prep_s, prep_ips, prep_cpu, prep_times)]
         print(f"{'path':<44}{'best s':>8}{'img/s':>9}{'cpu s':>8}   all runs (wall s)")
         for name, s, ips, c, runs in rows:
@@ -160,14 +166,14 @@ def main() -> int:
         aside = (f" (excluding prepare's own get_backbone ~{build_s:.2f}s: "
                  f"{prep_ex_ips / bare_ips:.2f}x)") if prep_s > 3 * build_s else ""
         print(f"ratio prepare/bare: {ratio:.2f}x{aside}; median run ratio {median_ratio:.2f}x")
-        print_verdict(ratio >= TARGET, f"prepare runs at {ratio:.2f}x the bare forward "
-                      f"(target >= {TARGET}x)", load_before)
+        status = print_verdict(ratio >= TARGET, f"prepare runs at {ratio:.2f}x the bare "
+                               f"forward (target >= {TARGET}x)", load_before)
     finally:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

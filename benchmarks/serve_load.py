@@ -204,7 +204,7 @@ def percentiles(latencies: list[float]) -> tuple[float, float, float]:
     return float(p[0]), float(p[1]), float(p[2])
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint (default: the demo model)")
     ap.add_argument("--lite2", action="store_true", help="benchmark an EfficientNet-Lite2 model "
@@ -217,6 +217,8 @@ def main() -> None:
                     "of the in-process floor (default: all cores)")
     ap.add_argument("--target", type=float, default=3.0, help="throughput at 16 clients over "
                     "one-at-a-time")
+    ap.add_argument("--runtime", default="auto", help="the encoder runtime of the server and "
+                    "of the in-process floor (`serve --runtime`)")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
@@ -224,6 +226,7 @@ def main() -> None:
         import torch
 
         cap, checkpoint, images = benchmark_model(args, tmp, tmp / "images", 32)
+        runtimes = cap.accelerate(args.runtime)
         photos = cap.model.config.encoder != "tiny"
         payloads = [(p.name, p.read_bytes()) for p in images]
         params = {"beam_size": args.beam_size}
@@ -232,7 +235,8 @@ def main() -> None:
               f"{len(images)} {'photos 320x240 JPEG' if photos else 'shapes 64x64 PNG'}; beam "
               f"{args.beam_size}; {args.requests} requests per client; server --max-batch "
               f"{args.max_batch}; {os.cpu_count()} cores, torch threads "
-              f"{args.threads or torch.get_num_threads()}")
+              f"{args.threads or torch.get_num_threads()}; encoder runtime "
+              f"{runtimes[0].name if runtimes else 'eager (trained encoder)'}")
 
         floor = []
         cap.caption(images[0], beam_size=args.beam_size)
@@ -244,7 +248,8 @@ def main() -> None:
         rows = [("in-process caption()", len(floor), 0, len(floor) / sum(floor),
                  *percentiles(floor), 1.0)]
         results = {}
-        with server(checkpoint, ["--max-batch", str(args.max_batch)], args.threads) as url:
+        with server(checkpoint, ["--max-batch", str(args.max_batch), "--runtime", args.runtime],
+                    args.threads) as url:
             asyncio.run(run_clients(url, payloads, 2, 2, params))  # warm-up
             for clients in [int(c) for c in args.clients.split(",")]:
                 before = batches(url)
@@ -264,10 +269,10 @@ def main() -> None:
               f"{p95:8.0f} {p99:8.0f} {batch:10.1f}")
     speedup = results.get(16, (np.nan, 0))[0] / one
     failed64 = results.get(64, (0, 0))[1]
-    print_verdict(speedup >= args.target and failed64 == 0,
-                  f"16 clients {speedup:.2f}x one-at-a-time (target >= {args.target:g}x); "
-                  f"{failed64} failed at 64 clients", load_before)
+    return print_verdict(speedup >= args.target and failed64 == 0,
+                         f"16 clients {speedup:.2f}x one-at-a-time (target >= "
+                         f"{args.target:g}x); {failed64} failed at 64 clients", load_before)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

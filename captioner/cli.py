@@ -106,9 +106,15 @@ def _add_decode_args(p, skip: tuple[str, ...] = ()) -> None:
     add_flags(p.add_argument_group("decoding"), DecodeOptions, dest="decode.", skip=skip)
 
 
-def _add_threads(p) -> None:
+def _add_cpu_flags(p, when: str) -> None:
+    """--threads and --runtime, for the commands that run a model on images."""
+    from .models.runtime import RUNTIME_CHOICES
+
     p.add_argument("--threads", type=int_range(1, 1024), default=None,
                    help="CPU threads for the model (default: PyTorch's, the core count)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                   help="what runs a frozen encoder on a CPU (default: %(default)s: the fastest "
+                   f"installed runtime that gives eager's features, {when}; eager otherwise)")
 
 
 def _add_evaluate(sub) -> None:
@@ -139,7 +145,7 @@ def _add_caption(sub) -> None:
                      help="images per model batch (default: %(default)s)")
     cap.add_argument("--workers", type=int_range(0, 64), default=2,
                      help="image decoding processes (default: %(default)s)")
-    _add_threads(cap)
+    _add_cpu_flags(cap, "when there is more than one batch")
     cap.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_engine_args(cap)
 
@@ -148,7 +154,7 @@ def _add_serve(sub) -> None:
     srv = sub.add_parser("serve", help="the HTTP API and the attention web page")
     _add_model_arg(srv)
     add_flags(srv, ServeOptions, dest="serve.")
-    _add_threads(srv)
+    _add_cpu_flags(srv, "always")
 
 
 def _add_attend(sub) -> None:

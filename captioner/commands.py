@@ -96,6 +96,12 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _accelerate(cap, args) -> None:
+    """``--runtime``: the captioner's frozen encoders on it, one line each on stderr."""
+    for runtime in cap.accelerate(args.runtime, args.threads):
+        print(f"captioner {args.command}: {runtime.describe()}", file=sys.stderr)
+
+
 def evaluate(args) -> int:
     from .data.dataset import PreparedData
     from .evaluate import evaluate_checkpoint
@@ -126,6 +132,8 @@ def caption(args) -> int:
     cap = Captioner.load(args.model)
     results = ResultsFile(args.output) if args.output else None
     todo = [p for p in paths if results is None or p not in results.done]
+    if args.runtime != "auto" or len(todo) > args.batch_size:
+        _accelerate(cap, args)
     failed = 0
     with tqdm(total=len(todo), unit="img", desc="caption",
               disable=results is None or args.no_progress) as bar:
@@ -224,6 +232,7 @@ def serve(args) -> int:
     settings = ServeOptions(**given(args, ServeOptions, "serve."))
     set_threads(args.threads)
     cap = Captioner.load(args.model)
+    _accelerate(cap, args)
     info = describe_model(cap, args.model or [default_model_path()])
     app = create_app(cap, info, settings)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -12,6 +12,7 @@
 # A recipe is sourced by scripts/flickr8k.sh and sets every variable below; a variable given in
 # the environment wins over the recipe's value (e.g. `EPOCHS=3 bash scripts/flickr8k.sh ...`).
 FEATURES="--features efficientnet_lite0 --grid 14 --image-size 448"  # prepare's encoder flags
+KINDS="soft hard"   # the attention kinds trained (each through every stage below)
 EPOCHS=5            # likelihood epochs of each soft and hard model
 BEAM=5              # evaluation: beam size
 LENGTH_PENALTY=0.5  # evaluation: rank by log p / length ** this

@@ -6,18 +6,20 @@
 # one, on test; write a results table (OUT/results.md).
 #   usage: [RECIPE=name] [VAR=value ...] bash scripts/flickr8k.sh DATA_DIR OUT_DIR
 #          (DATA_DIR holds dataset_flickr8k.json and images/; e.g. ../shared/data/flickr8k)
-# The settings come from recipes/$RECIPE.sh (default lite0: the measured best on val; lite2:
-# the earlier Lite2 9x9 default); a variable given in the environment wins over the recipe's
-# (the variables are listed in recipes/lite0.sh). A new recipe is one file in recipes/ that sets
-# them all (it may source "$RECIPES/lite0.sh" first and change a few). Results: results/.
-# Uses the GPU when there is one (prepare and train). Wall time, measured per stage
-# (results/README.md): on 2 CPU cores ~40 min to prepare and ~80 min per likelihood model
-# (5 epochs of ~15 min; 4 of them with SEEDS="1", 6 with the default SEEDS="1 2"), then the
-# stages that train the encoder from images: ~16 min per epoch of fine-tuning (3) and ~27 min per
-# epoch of self-critical training (10), about 7 h per kind (measured with Lite2's 9x9 features);
-# on one H100 shared by 8 runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch.
-# FINE_TUNE=0 skips the encoder: self-critical training on the frozen features (~45 min per model
-# on CPU). A killed run resumes where it stopped. Flickr8k is for research use only: nothing it
+# The settings come from recipes/$RECIPE.sh (default lite0: the measured best on val; fast: one
+# soft model in under 30 minutes on 2 CPU cores; lite2: the earlier Lite2 9x9 default); a
+# variable given in the environment wins over the recipe's (the variables are listed in
+# recipes/lite0.sh). A new recipe is one file in recipes/ that sets them all (it may source
+# "$RECIPES/lite0.sh" first and change a few). Results: results/.
+# Uses the GPU when there is one (prepare and train). Wall time on 2 CPU cores: ~3 min to prepare
+# the Lite0 features (ONNX Runtime) and ~5.5 min per likelihood epoch (benchmarks/README.md,
+# "fast recipe"); measured before those speedups (results/README.md): ~16 min per epoch of
+# fine-tuning (3) and ~27 min per epoch of self-critical training (10), about 7 h per kind; on
+# one H100 shared by 8 runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch.
+# FINE_TUNE=0 skips training the encoder (self-critical training then runs on the frozen
+# features), SCST_EPOCHS=0 the self-critical stage; KINDS="soft" trains soft attention only.
+# Each stage prints a line with the wall time so far, and its own progress bar and ETA on a
+# terminal. A killed run resumes where it stopped. Flickr8k is for research use only: nothing it
 # makes belongs in git.
 set -euo pipefail
 DATA=${1:?usage: flickr8k.sh DATA_DIR OUT_DIR}
@@ -32,8 +34,8 @@ for name in "${KNOWN[@]}"; do [ "$name" = "$RECIPE" ] && found=1; done
     "${KNOWN[*]}" >&2; exit 2; }
 # the settings every recipe sets; HARD_FLAGS and SEEDS may be given empty, the others only
 # count when not empty (as `VAR=${VAR:-default}` did before recipes)
-SETTINGS="FEATURES EPOCHS BEAM LENGTH_PENALTY TRAIN_FLAGS HARD_FLAGS FINE_TUNE FT_EPOCHS FT_FLAGS
-  SCST_EPOCHS SCST_FLAGS SCST_FT_FLAGS SCST_CHOICES SEEDS AVERAGE"
+SETTINGS="FEATURES KINDS EPOCHS BEAM LENGTH_PENALTY TRAIN_FLAGS HARD_FLAGS FINE_TUNE FT_EPOCHS
+  FT_FLAGS SCST_EPOCHS SCST_FLAGS SCST_FT_FLAGS SCST_CHOICES SEEDS AVERAGE"
 declare -A GIVEN=()
 for var in $SETTINGS; do
   case $var in
@@ -63,8 +65,15 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 CAP=.venv/bin/captioner
 start=$(date +%s)
+# stage WHAT: one line on stderr with the wall time so far (each stage shows its own progress
+# bar and ETA on a terminal)
+stage() {
+  local s=$(( $(date +%s) - start ))
+  printf 'flickr8k.sh [%d:%02d]: %s\n' $(( s / 60 )) $(( s % 60 )) "$*" >&2
+}
 mkdir -p "$OUT"
 if [ ! -f "$OUT/data/meta.json" ]; then
+  stage "prepare: $FEATURES"
   $CAP prepare karpathy --json "$DATA/dataset_flickr8k.json" --images "$DATA/images" \
       --out "$OUT/data" $FEATURES --min-count 5
 fi
@@ -72,6 +81,7 @@ fi
 train() {
   local run=$1; shift
   if [ ! -f "$OUT/$run/done" ]; then
+    stage "train $run"
     local resume=()
     [ -f "$OUT/$run/last.safetensors" ] && resume=(--resume)
     $CAP train --data "$OUT/data" --out "$OUT/$run" "$@" ${resume[@]+"${resume[@]}"}
@@ -90,6 +100,7 @@ evaluate() {
   mkdir -p "$OUT/$name"
   for split in $SPLITS; do
     if [ ! -f "$OUT/$name/${split}_metrics.json" ]; then
+      stage "evaluate $name on $split"
       $CAP evaluate --model "${models[@]}" --data "$OUT/data" --split "$split" \
           --beam-size "$BEAM" --length-penalty "$LENGTH_PENALTY" \
           --results "$OUT/$name/${split}_results.json" --metrics "$OUT/$name/${split}_metrics.json"
@@ -128,8 +139,9 @@ print(max([run, run + "_avg", run + "_avg_next"], key=cider))
 PY
 }
 RESULTS=""
-# the likelihood models: soft and hard, and more seeds of each for the ensembles
-for ATT in soft hard; do
+has_kind() { [[ " $KINDS " == *" $1 "* ]]; }
+# the likelihood models of each kind (soft, hard), and more seeds of each for the ensembles
+for ATT in $KINDS; do
   KIND_FLAGS=$TRAIN_FLAGS
   [ "$ATT" = hard ] && KIND_FLAGS="$KIND_FLAGS $HARD_FLAGS"
   train "$ATT" --attention "$ATT" --epochs "$EPOCHS" $KIND_FLAGS ${KEEP[@]+"${KEEP[@]}"}
@@ -144,8 +156,10 @@ for ATT in soft hard; do
 done
 # each kind with its encoder's last blocks trained too, from the images at the same
 # preprocessing as the features (the likelihood objective, a lower learning rate), then
-# self-critical training on CIDEr-D (Rennie et al. 2017)
-for ATT in soft hard; do
+# self-critical training on CIDEr-D (Rennie et al. 2017); neither when FINE_TUNE and SCST_EPOCHS
+# are 0
+for ATT in $KINDS; do
+  [ "$FINE_TUNE" != 0 ] || [ "$SCST_EPOCHS" != 0 ] || break
   FROM=$(chosen "$ATT")
   FLAGS=$SCST_FLAGS
   if [ "$FINE_TUNE" != 0 ]; then
@@ -155,6 +169,7 @@ for ATT in soft hard; do
     FROM=${ATT}_ft
     FLAGS="$FLAGS --fine-tune $FINE_TUNE $SCST_FT_FLAGS"
   fi
+  [ "$SCST_EPOCHS" != 0 ] || continue
   train "${ATT}_scst" --init "$OUT/$FROM/best.safetensors" --epochs "$SCST_EPOCHS" $FLAGS
   evaluate "${ATT}_scst"
   if [ "$ATT" = hard ] && [ "$SCST_CHOICES" != 0 ]; then
@@ -165,18 +180,23 @@ for ATT in soft hard; do
   fi
 done
 # ensembles (`captioner evaluate --model A B ...`): the seeds of each kind, soft with hard,
-# and the two final models
-SOFT_SEEDS=("$(chosen soft)") HARD_SEEDS=("$(chosen hard)")
-for SEED in $SEEDS; do
-  SOFT_SEEDS+=("$(chosen "soft_seed$SEED")"); HARD_SEEDS+=("$(chosen "hard_seed$SEED")")
+# and the two final models (those of the kinds trained)
+SOFT_SEEDS=() HARD_SEEDS=()
+for SEED in "" $SEEDS; do
+  has_kind soft && SOFT_SEEDS+=("$(chosen "soft${SEED:+_seed$SEED}")")
+  has_kind hard && HARD_SEEDS+=("$(chosen "hard${SEED:+_seed$SEED}")")
 done
 if [ -n "$SEEDS" ]; then
-  evaluate ensemble_soft $(best "${SOFT_SEEDS[@]}")
-  evaluate ensemble_hard $(best "${HARD_SEEDS[@]}")
-  evaluate ensemble_likelihood $(best "${SOFT_SEEDS[@]}" "${HARD_SEEDS[@]}")
+  has_kind soft && evaluate ensemble_soft $(best "${SOFT_SEEDS[@]}")
+  has_kind hard && evaluate ensemble_hard $(best "${HARD_SEEDS[@]}")
+  has_kind soft && has_kind hard && evaluate ensemble_likelihood \
+      $(best "${SOFT_SEEDS[@]}" "${HARD_SEEDS[@]}")
 fi
-evaluate ensemble_soft_hard $(best "${SOFT_SEEDS[0]}" "${HARD_SEEDS[0]}")
-evaluate ensemble_final $(best soft_scst hard_scst)
+if has_kind soft && has_kind hard; then
+  evaluate ensemble_soft_hard $(best "${SOFT_SEEDS[0]}" "${HARD_SEEDS[0]}")
+  [ "$SCST_EPOCHS" = 0 ] || evaluate ensemble_final $(best soft_scst hard_scst)
+fi
+stage "done: $OUT/results.md"
 RECIPE_NOTE=$RECIPE_NOTE .venv/bin/python - "$OUT" "$(( $(date +%s) - start ))" $RESULTS <<'PY'
 import json, os, platform, sys
 import torch

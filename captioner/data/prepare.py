@@ -22,6 +22,7 @@ from ..config import Preprocess
 from ..errors import UserError
 from ..fields import check, option
 from ..fileio import atomic_write, atomic_write_json
+from ..models.runtime import RUNTIME_CHOICES, EncoderRuntime, accelerate
 from ..registry import ENCODERS
 from ..vocab import DEFAULT_MIN_COUNT, Vocabulary
 from .dataset import FEATURE_DTYPE
@@ -45,6 +46,9 @@ class FeatureSpec:
     image_size: int | None = option(None, min=16, max=4096, help="encoder input side "
                                     "(default: the encoder's own)")
     batch_size: int = option(32, min=1, help="images per encoder batch")
+    runtime: str = option("auto", choices=RUNTIME_CHOICES, help="what runs the encoder on a "
+                          "CPU: auto (the fastest installed that gives eager's features), or one "
+                          "by name")
     seed: int = option(0, min=0, flag="", help="initialises an encoder without pretrained "
                        "weights (tiny) reproducibly")
 
@@ -152,7 +156,10 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
         if features.image_size:
             pre = Preprocess(features.image_size, 0, pre.mean, pre.std)
         grid = features.grid_size or backbone.grid_size
-        encoder = Encoder(backbone, grid, trainable_blocks=0).eval().to(_device())
+        module = Encoder(backbone, grid, trainable_blocks=0).eval().to(_device())
+        encoder = accelerate(module, pre.input_size, features.runtime)
+        if progress:
+            print(encoder.describe(), file=sys.stderr)
         feat_meta = {"encoder": features.encoder, "grid_size": grid,
                      "feature_dim": backbone.feature_dim, "preprocess": asdict(pre)}
 
@@ -182,7 +189,7 @@ def prepare(records: list[ImageRecord], out_dir: str | Path, source: str,
     for split, recs in kept_by_split.items():
         atomic_write_json(out / f"{split}.json", {"images": [_entry(r, out) for r in recs]})
     if encoder is not None:
-        weights = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+        weights = {k: v.contiguous() for k, v in encoder.encoder.state_dict().items()}
         atomic_write(out / "features" / "encoder.safetensors", lambda tmp: save_file(weights, tmp))
     atomic_write_json(out / "meta.json", {
         "source": source, "splits": report.kept, "min_count": min_count, "max_len": max_len,
@@ -217,18 +224,18 @@ def _device() -> torch.device:
 
 # (records, preprocess, encoder or None, batch size, workers) -> per batch, in the records'
 # order: (indices of the good images, their features (b, P, D) or None, error lines, images)
-EncodeBatches = Callable[[list[ImageRecord], Preprocess | None, torch.nn.Module | None, int,
+EncodeBatches = Callable[[list[ImageRecord], Preprocess | None, EncoderRuntime | None, int,
                           int], Iterable[tuple[list[int], torch.Tensor | None, list[str], int]]]
 
 
 def local_batches(records: list[ImageRecord], pre: Preprocess | None,
-                  encoder: torch.nn.Module | None, batch_size: int, workers: int
+                  encoder: EncoderRuntime | None, batch_size: int, workers: int
                   ) -> Iterator[tuple[list[int], torch.Tensor | None, list[str], int]]:
-    """This machine's ``EncodeBatches``: images loaded in ``workers`` DataLoader processes,
-    encoded here (call it under ``torch.inference_mode()``)."""
+    """This machine's ``EncodeBatches``: images loaded in ``workers`` DataLoader processes
+    while this one encodes the previous batch (call it under ``torch.inference_mode()``)."""
     loader = DataLoader(_ImageSet(records, pre), batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=torch.cuda.is_available())
-    device = next(encoder.parameters()).device if encoder is not None else None
+    device = encoder.device if encoder is not None else None
     for good, images, errors, count in loader:
         feats = encoder(images.to(device, non_blocking=True)) \
             if encoder is not None and good else None  # (b, P, D)

@@ -20,6 +20,7 @@ import torch
 
 from ..config import Preprocess
 from ..data.records import ImageRecord
+from ..models.runtime import EncoderRuntime
 from .ray_cluster import RayOptions, ray_instance, require_ray
 from .ray_stages import EncodeWorker, block_count, decode_images, image_rows
 
@@ -40,14 +41,14 @@ class RayFeatures:
         self._rt = None
 
     def __call__(self, records: list[ImageRecord], pre: Preprocess | None,
-                 encoder: torch.nn.Module | None, batch_size: int, workers: int
+                 encoder: EncoderRuntime | None, batch_size: int, workers: int
                  ) -> Iterator[tuple[list[int], torch.Tensor | None, list[str], int]]:
         """(good indices, their features (b, P, D), error lines, images) per output block, in
         the records' order. ``workers`` (DataLoader processes) has no meaning here: Ray sizes
         the decoding itself."""
         assert encoder is not None and pre is not None, "RayFeatures encodes features"
         opts = replace(self.options, batch_size=batch_size)
-        weights = copy.deepcopy(encoder).cpu()  # the driver's module may sit on its GPU
+        weights = copy.deepcopy(encoder.encoder).cpu()  # the driver's may sit on its GPU
         if self._rt is None:
             self._rt = self._session.enter_context(ray_instance(self.options))
         rt = self._rt
@@ -59,7 +60,8 @@ class RayFeatures:
                                 batch_size=batch_size, batch_format="numpy",
                                 num_cpus=opts.cpus_per_worker)
             ds = ds.map_batches(EncodeWorker, fn_constructor_args=(weights, opts.gpus_per_worker,
-                                                                   opts.cpus_per_worker),
+                                                                   opts.cpus_per_worker,
+                                                                   encoder.name),
                                 compute=rt.data.ActorPoolStrategy(
                                     size=min(opts.workers(rt.cluster_resources()), blocks)),
                                 batch_size=batch_size, batch_format="numpy",

@@ -21,6 +21,7 @@ from ..config import Preprocess
 from ..data.images import ImageError, build_transform, load_image
 from ..decoding import DecodeOptions
 from ..folder import ImageResult
+from ..models.runtime import EncoderRuntime, accelerate
 
 MAX_BLOCKS = 10_000  # input blocks, each one task (and one retry) of a few batches
 
@@ -107,20 +108,27 @@ class CaptionWorker:
 
 class EncodeWorker:
     """Ray Data actor: holds ``prepare``'s frozen encoder (the driver's own module, weights and
-    all) and turns each batch's pixels into float16 ``features`` (B, P, D) (zeros for the rows
-    with an error), cast exactly as the one-machine path casts them."""
+    all) behind the driver's encoder runtime (``runtime``; eager on a GPU) and turns each
+    batch's pixels into float16 ``features`` (B, P, D) (zeros for the rows with an error), cast
+    exactly as the one-machine path casts them."""
 
-    def __init__(self, encoder: torch.nn.Module, gpus: float = 0.0, cpus: float = 1.0):
+    def __init__(self, encoder: torch.nn.Module, gpus: float = 0.0, cpus: float = 1.0,
+                 runtime: str = "eager"):
         self.device = worker_device(gpus, cpus)
-        self.encoder = encoder.to(self.device).eval()
+        self.module = encoder.to(self.device).eval()
+        self.runtime = runtime if self.device.type == "cpu" else "eager"
+        self.encoder: EncoderRuntime | None = None  # built on the first batch (its image size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ..data.dataset import FEATURE_DTYPE
 
         good, pixels = _good(batch)
-        p, d = self.encoder.grid_size ** 2, self.encoder.feature_dim
+        p, d = self.module.grid_size ** 2, self.module.feature_dim
         features = np.zeros((len(good), p, d), FEATURE_DTYPE)
         if len(pixels):
+            if self.encoder is None:
+                self.encoder = accelerate(self.module, pixels.shape[-1], self.runtime,
+                                          threads=torch.get_num_threads())
             with torch.inference_mode():
                 found = self.encoder(pixels.to(self.device))  # (b, P, D)
             features[good] = found.cpu().numpy().astype(FEATURE_DTYPE)

@@ -10,6 +10,7 @@ from torch import nn
 from ..config import ModelConfig
 from .decoder import Decoder, DecoderOutput
 from .encoder import Encoder, get_backbone
+from .runtime import EncoderRuntime
 
 
 class CaptionModel(nn.Module):
@@ -21,6 +22,7 @@ class CaptionModel(nn.Module):
         self.config = config
         self.encoder = encoder
         self.decoder = Decoder(config)
+        self.fast_encoder: EncoderRuntime | None = None  # set by ``Captioner.accelerate``
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, P, D) annotation vectors.
@@ -28,7 +30,8 @@ class CaptionModel(nn.Module):
         A frozen encoder's features are rounded to float16, the precision `prepare --features`
         stores, so captions from images and from prepared features are the same.
         """
-        features = self.encoder(images)
+        encoder = self.fast_encoder if self.fast_encoder is not None else self.encoder
+        features = encoder(images)
         return features if self.encoder.trainable else features.half().float()
 
     def features(self, inputs: torch.Tensor, encoded: bool) -> torch.Tensor:

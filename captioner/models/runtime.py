@@ -125,6 +125,9 @@ RUNTIMES: dict[str, Runtime] = {
     "openvino": Runtime(("openvino", "onnx"), _build_openvino),
 }
 
+#: What ``runtime=`` accepts.
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+
 
 @dataclass
 class EncoderRuntime:
@@ -138,6 +141,14 @@ class EncoderRuntime:
     threads: int
     setup_s: float  # conversion + session + check against eager, seconds
     run_map: MapRunner
+    encoder: Encoder  # the eager module it was converted from (what Ray workers are sent)
+
+    @property
+    def device(self) -> torch.device:
+        """Where images go: the encoder's device for eager, else the CPU."""
+        if self.name == "eager":
+            return next(self.encoder.parameters()).device
+        return torch.device("cpu")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         b, s = images.shape[0], self.input_size
@@ -238,7 +249,7 @@ def _convert(encoder: Encoder, name: str, size: int, threads: int, cache: Path |
     with torch.no_grad():
         run_map = RUNTIMES[name].build(encoder.blocks, size, threads, cache)
     result = EncoderRuntime(name, size, encoder.grid_size, encoder.feature_dim, threads, 0.0,
-                            run_map)
+                            run_map, encoder)
     if check and name != "eager":
         generator = torch.Generator().manual_seed(0)
         images = torch.randn(2, 3, size, size, generator=generator)
