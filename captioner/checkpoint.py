@@ -56,7 +56,8 @@ def load_checkpoint(path: str | Path, with_train: bool = True) -> Checkpoint:
             keys = [k for k in f.keys() if with_train or k.startswith("model.")]
             tensors = {k: f.get_tensor(k) for k in keys}
     except Exception as exc:  # safetensors raises its own error types for foreign files
-        raise ValueError(f"{path}: not a captioner checkpoint ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{path}: not a captioner checkpoint ({type(exc).__name__}: {exc})") from None
     config, vocab, skeleton = validate_parts(path, metadata, tensors, with_train=False)
     train = json.loads(metadata["train"]) if with_train else None
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

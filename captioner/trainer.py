@@ -52,7 +52,8 @@ def build_for_run(plan: RunPlan, device: torch.device) -> CaptionModel:
     else:
         model = build_model(config, pretrained=False if features else None)
     if features and plan.resumed is None:
-        model.encoder.load_state_dict(load_file(str(data.root / "features" / "encoder.safetensors")))
+        encoder_file = data.root / "features" / "encoder.safetensors"
+        model.encoder.load_state_dict(load_file(str(encoder_file)))
     return model.to(device)
 
 

@@ -70,8 +70,8 @@ def check_train_state(train: Any, path: str | Path) -> None:
     ``loop`` has non-negative integer step/epoch/batch/bad_epochs and a finite best score,
     ``optimizer`` has parameter groups with unique parameter ids, positive finite learning rates
     and state only for those ids, ``scheduler`` has sane counters and one min_lr per group, and
-    ``rng`` (and each other rank's in ``rank_rng``) holds generator states and Python's. Raises ``ValueError("{path}: field train.X:
-    {problem}")``."""
+    ``rng`` (and each other rank's in ``rank_rng``) holds generator states and Python's. Raises
+    ``ValueError("{path}: field train.X: {problem}")``."""
     t = "train."
     try:
         TrainConfig.from_dict(_get(train, "train_config", path, t))

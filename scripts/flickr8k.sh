@@ -11,8 +11,8 @@
 # variable given in the environment wins over the recipe's (the variables are listed in
 # recipes/lite0.sh). A new recipe is one file in recipes/ that sets them all (it may source
 # "$RECIPES/lite0.sh" first and change a few). Results: results/.
-# Uses the GPU when there is one (prepare and train). Wall time on 2 CPU cores: ~3 min to prepare
-# the Lite0 features (ONNX Runtime) and ~5.5 min per likelihood epoch (benchmarks/README.md,
+# Uses the GPU when there is one (prepare and train). Wall time on 2 CPU cores: ~2.5 min to prepare
+# the Lite0 features (ONNX Runtime) and ~4.7 min per likelihood epoch (benchmarks/README.md,
 # "fast recipe"); measured before those speedups (results/README.md): ~16 min per epoch of
 # fine-tuning (3) and ~27 min per epoch of self-critical training (10), about 7 h per kind; on
 # one H100 shared by 8 runs, ~40 s per fine-tuning epoch and ~30 s per self-critical epoch.

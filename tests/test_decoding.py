@@ -4,7 +4,6 @@ and a strategy registered by a test running through evaluate and Captioner untou
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch

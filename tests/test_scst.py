@@ -16,7 +16,7 @@ from captioner.metrics import CiderD
 from captioner.models import build_model
 from captioner.plan import new_run
 from captioner.search import banned_mask, sample
-from captioner.train import Trainer, TrainingError
+from captioner.train import Trainer
 from captioner.vocab import Vocabulary
 
 END, PAD = Vocabulary.end_id, Vocabulary.pad_id

@@ -93,7 +93,8 @@ class PreparedData:
         f = self.features
         assert f is not None
         return {"encoder": f["encoder"], "grid_size": f["grid_size"],
-                "feature_dim": f["feature_dim"], "preprocess": Preprocess.from_dict(f["preprocess"])}
+                "feature_dim": f["feature_dim"],
+                "preprocess": Preprocess.from_dict(f["preprocess"])}
 
     def serves_features(self, config: ModelConfig) -> bool:
         """Whether a model of ``config`` reads this folder's precomputed features instead of
@@ -166,8 +167,8 @@ class CaptionDataset(Dataset):
         refs = [c.split() for c in entry["captions"]]
         vocab, max_len = self.data.vocab, self.data.max_len
         chosen = refs if caption is None else [refs[caption]]
-        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in chosen], refs,
-                      self.features_path is not None)
+        return Sample(i, entry["image_id"], inputs, [vocab.encode(r, max_len) for r in chosen],
+                      refs, self.features_path is not None)
 
 
 class MemberDatasets(Dataset):

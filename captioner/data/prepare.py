@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -27,6 +25,7 @@ from ..registry import ENCODERS
 from ..vocab import DEFAULT_MIN_COUNT, Vocabulary
 from .dataset import FEATURE_DTYPE
 from .images import ImageError, build_transform, load_image
+from .progress import PROGRESS, SplitProgress
 from .records import SPLITS, ImageRecord
 
 
@@ -246,7 +245,7 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
                       engine=None):
     """Load every image once (in worker processes); with an encoder, write the features of the
     good ones in order into a float16 memmap, truncated to the kept rows at the end, recording
-    after each batch how far it got (``_Progress``) so that a rerun continues from there."""
+    after each batch how far it got (``SplitProgress``) so that a rerun continues from there."""
     batch = spec.batch_size if spec else 64
     kept: list[int] = []
     memmap, tmp, state = None, None, None
@@ -255,7 +254,7 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
         row_bytes = shape[1] * shape[2] * np.dtype(FEATURE_DTYPE).itemsize
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".f16.tmp")
-        state = _Progress(target, records, spec, encoder, pre)
+        state = SplitProgress(target, records, spec.encoder, spec.seed, encoder, pre)
         if state.finished():  # done before an interruption in a later split
             report.skipped.extend(state.skipped)
             return [records[i] for i in state.kept()]
@@ -295,54 +294,3 @@ def _check_and_encode(records, split, report, encoder, pre, target, spec, progre
             os.unlink(tmp)
         state.finish()
     return [records[i] for i in kept]
-
-
-PROGRESS = ".progress.json"
-
-
-class _Progress:
-    """How far a split's features got: images done, the bad ones among them (index and line;
-    the rest are the memmap's rows, in order), for one input (the records' paths, the encoder,
-    its seed, grid, width and preprocessing); ``finish()`` marks the split's features complete."""
-
-    def __init__(self, target: Path, records, spec: FeatureSpec, encoder, pre: Preprocess):
-        self.path = target.with_name(target.name.split(".")[0] + PROGRESS)
-        self.target = target
-        about = json.dumps([[str(r.path) for r in records], spec.encoder, spec.seed,
-                            encoder.grid_size, encoder.feature_dim, asdict(pre)])
-        self.key = hashlib.sha256(about.encode()).hexdigest()
-        try:
-            saved = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            saved = {}
-        if saved.get("key") != self.key:
-            saved = {}
-        self.done, self.bad = saved.get("done", 0), saved.get("bad", [])
-        self.skipped, self.complete = saved.get("skipped", []), saved.get("complete", False)
-
-    def kept(self) -> list[int]:
-        bad = set(self.bad)
-        return [i for i in range(self.done) if i not in bad]
-
-    def finished(self) -> bool:
-        return self.complete and self.target.exists()
-
-    def resumable(self, tmp: Path, nbytes: int) -> bool:
-        """Some images done, the split not finished, and its memmap whole (not yet cut)."""
-        return (self.done > 0 and not self.complete and tmp.exists()
-                and tmp.stat().st_size == nbytes)
-
-    def reset(self) -> None:
-        self.done, self.bad, self.skipped, self.complete = 0, [], [], False
-
-    def save(self, done: int, bad: list[int], errors: list[str]) -> None:
-        self.done, self.bad, self.skipped = done, self.bad + bad, self.skipped + errors
-        self._write()
-
-    def finish(self) -> None:
-        self.complete = True
-        self._write()
-
-    def _write(self) -> None:
-        atomic_write_json(self.path, {"key": self.key, "done": self.done, "bad": self.bad,
-                                      "skipped": self.skipped, "complete": self.complete})

@@ -19,8 +19,9 @@ class HardAttention(Attention):
 
     Training (eq. 12 with the authors' variance reduction): a location is sampled and its
     log-probability and the entropy of alpha go to ``extras``, from which the training objective
-    makes the REINFORCE terms (``objectives/reinforce.py``); with probability ``expected_prob`` a whole minibatch uses the expected
-    context instead (one coin per batch, as in the authors' code).
+    makes the REINFORCE terms (``objectives/reinforce.py``); with probability ``expected_prob``
+    a whole minibatch uses the expected context instead (one coin per batch, as in the authors'
+    code).
 
     The REINFORCE baseline b is ``baseline`` = "moving" (the paper's: one moving average of the
     captions' log-likelihood for all of them) or "expected": each caption's own log-likelihood

@@ -18,7 +18,8 @@ def _torchvision(name: str) -> Callable[[bool], Backbone]:
         import torchvision
 
         weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
-        model = _download_guard(name, weights, lambda: torchvision.models.get_model(name, weights=weights))
+        model = _download_guard(name, weights,
+                                lambda: torchvision.models.get_model(name, weights=weights))
         if name.startswith("resnet"):
             stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
             blocks = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
