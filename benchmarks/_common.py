@@ -10,11 +10,12 @@ def load_note(before: float) -> str | None:
     if not hasattr(os, "getloadavg"):
         return None
     after = os.getloadavg()[0]
-    if max(before, after) < 0.5:
+    if before < 0.5:  # the load after counts this run's own threads: only `before` is others'
         return None
-    return (f"note: 1-min load average {before:.2f} before / {after:.2f} after the run on "
-            f"{os.cpu_count()} cores: other processes shared the CPU, so these figures are noisy "
-            "(rerun, or compare at --threads 1 where CPU time is the steadier figure)")
+    return (f"note: 1-min load average {before:.2f} before the run ({after:.2f} after, this run "
+            f"included) on {os.cpu_count()} cores: other processes shared the CPU, so these "
+            "figures are noisy (rerun, or compare at --threads 1 where CPU time is the steadier "
+            "figure)")
 
 
 def print_verdict(passed: bool, text: str, load_before: float) -> int:
